@@ -22,4 +22,5 @@ include: "workflow/rules/figures.smk"
 rule all:
     default_target: True
     input:
-        FINAL_OUTPUTS,
+        EVALUATION_OUTPUTS,
+        FIGURE_OUTPUTS,

@@ -68,22 +68,3 @@ def run_metrics(wildcards):
         group=held_out_groups(wildcards.dataset),
         seed=SEEDS,
     )
-
-
-FINAL_OUTPUTS = (
-    expand("results/{dataset}/metrics.csv", dataset=DATASETS)
-    + expand(
-        [
-            "results/{dataset}/figures/r2_mean_top100.{ext}",
-            "results/{dataset}/figures/r2_mean_all.{ext}",
-        ],
-        dataset=DATASETS,
-        ext=["png", "pdf"],
-    )
-    + expand(
-        "results/{dataset}/figures/scatter/{model}", dataset=DATASETS, model=MODELS
-    )
-)
-FINAL_OUTPUTS += expand(
-    "results/{dataset}/figures/latent/{model}", dataset=DATASETS, model=LATENT_MODELS
-)

@@ -1,3 +1,6 @@
+EVALUATION_OUTPUTS = expand("results/{dataset}/metrics.csv", dataset=DATASETS)
+
+
 rule evaluate:
     input:
         prediction=f"{RUN}/prediction.h5ad",

@@ -1,3 +1,23 @@
+FIGURE_OUTPUTS = (
+    expand(
+        [
+            "results/{dataset}/figures/r2_mean_top100.{ext}",
+            "results/{dataset}/figures/r2_mean_all.{ext}",
+        ],
+        dataset=DATASETS,
+        ext=["png", "pdf"],
+    )
+    + expand(
+        "results/{dataset}/figures/scatter/{model}", dataset=DATASETS, model=MODELS
+    )
+    + expand(
+        "results/{dataset}/figures/latent/{model}",
+        dataset=DATASETS,
+        model=LATENT_MODELS,
+    )
+)
+
+
 rule plot_r2:
     input:
         "results/{dataset}/metrics.csv",
