@@ -19,6 +19,22 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/figures.smk"
 
 
+# Under a cluster executor (profiles/slurm) these run on the submitting host: the download needs
+# the network compute nodes often lack; the others read small tables or draw figures.
+localrules:
+    download,
+    held_out_groups,
+    aggregate_metrics,
+    summarise,
+    plot_r2,
+    plot_metrics,
+    plot_predictions,
+    plot_violins,
+    plot_latent,
+    plot_scgen_latents,
+    plot_cost,
+
+
 rule all:
     default_target: True
     input:

@@ -5,15 +5,19 @@ import json
 import anndata as ad
 import pandas as pd
 
+from pertflow.config import dataset_keys
 from pertflow.logs import log_to
-from pertflow.metrics import score
+from pertflow.metrics import perturbed_mean, score
 from pertflow.utils import atomic_path
 
 with log_to(snakemake.log[0]) as log:
     read = {k: ad.read_h5ad(snakemake.input[k]) for k in ("prediction", "truth", "control")}
     degs = pd.read_csv(snakemake.input.degs)["names"].astype(str).tolist()
-    result = {**dict(snakemake.wildcards), "seed": int(snakemake.wildcards.seed),
-              **score(read["prediction"], read["truth"], read["control"], degs)}
+    reference = perturbed_mean(snakemake.input.train, dataset_keys(snakemake.params.spec),
+                               read["truth"].var_names)
+    result = {**dict(snakemake.wildcards), "seed": snakemake.params.seed,
+              **score(read["prediction"], read["truth"], read["control"], degs, reference,
+                      snakemake.params.seed)}
     log.info("%s", result)
     with atomic_path(snakemake.output[0]) as tmp:
         tmp.write_text(json.dumps(result, indent=2))

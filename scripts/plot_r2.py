@@ -8,5 +8,5 @@ from pertflow.plots import model_colors, r2_bars, save
 with log_to(snakemake.log[0]):
     metrics = pd.read_csv(snakemake.input[0])
     fig = r2_bars(metrics, f"r2_{snakemake.wildcards.metric}",
-                  model_colors(metrics["model"].unique().tolist()))
+                  model_colors(snakemake.params.models))
     save(fig, [snakemake.output.png, snakemake.output.pdf])

@@ -2,6 +2,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 from scipy import stats
 
 from pertflow import metrics
@@ -45,6 +46,104 @@ def test_score_uses_truth_gene_order(populations):
     genes = [f"g{i}" for i in range(40)]
     P = ad.AnnData(pred, var=pd.DataFrame(index=genes))[:, genes[::-1]].copy()
     T, C = ad.AnnData(truth, var=pd.DataFrame(index=genes)), ad.AnnData(control, var=pd.DataFrame(index=genes))
-    result = metrics.score(P, T, C, genes[:10])
+    reference = truth[:20].mean(0)
+    result = metrics.score(P, T, C, genes[:10], reference, seed=0)
     assert result["r2_mean_all"] == pytest.approx(metrics.r2_mean(pred, truth))
     assert result["r2_mean_top100"] == pytest.approx(metrics.r2_mean(pred[:, :10], truth[:, :10]))
+    assert result["pearson_delta_perturbed"] == pytest.approx(
+        metrics.pearson_delta(pred, truth, reference))
+    assert result["direction_accuracy_top100"] == pytest.approx(
+        metrics.direction_accuracy(pred[:, :10], truth[:, :10], control[:, :10]))
+
+
+def test_metric_names_and_directions():
+    assert list(metrics.METRICS)[:2] == ["r2_mean_all", "r2_mean_top100"]
+    assert {m for m, d in metrics.METRICS.items() if d == "lower"} == {"e_distance", "mmd"}
+    assert set(metrics.METRICS.values()) == {"higher", "lower"}
+
+
+def test_e_distance_matches_the_pairwise_definition():
+    rng = np.random.default_rng(2)
+    X, Y = rng.normal(0, 1, (5, 3)), rng.normal(1, 1, (4, 3))
+
+    def mean_distance(A, B):
+        return np.mean([np.linalg.norm(a - b) for a in A for b in B])
+
+    expected = 2 * mean_distance(X, Y) - mean_distance(X, X) - mean_distance(Y, Y)
+    assert metrics.e_distance(X, Y) == pytest.approx(expected)
+    assert metrics.e_distance(X, X) == pytest.approx(0.0, abs=1e-12)
+    assert metrics.e_distance(X, Y + 5) > metrics.e_distance(X, Y)
+
+
+def test_mmd_matches_the_kernel_definition_and_median_bandwidth():
+    rng = np.random.default_rng(3)
+    X, Y = rng.normal(0, 1, (5, 3)), rng.normal(1, 1, (4, 3))
+    both = np.vstack([X, Y])
+    pairs = [np.linalg.norm(both[i] - both[j]) for i in range(9) for j in range(i + 1, 9)]
+    bandwidth = metrics.median_bandwidth(X, Y)
+    assert bandwidth == pytest.approx(np.median(pairs))
+
+    def kernel_mean(A, B):
+        return np.mean([np.exp(-np.sum((a - b) ** 2) / (2 * bandwidth**2)) for a in A for b in B])
+
+    expected = kernel_mean(X, X) + kernel_mean(Y, Y) - 2 * kernel_mean(X, Y)
+    assert metrics.mmd(X, Y, bandwidth) == pytest.approx(expected)
+    assert metrics.mmd(X, X, bandwidth) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_deg_overlap_and_direction_accuracy():
+    assert metrics.deg_overlap(["a", "b", "x", "y"], ["a", "b", "c", "d"]) == 0.5
+    control = np.array([[1.0, 1.0, 1.0, 1.0]] * 2)
+    truth = np.array([[2.0, 0.0, 2.0, 0.0]] * 2)
+    pred = np.array([[3.0, 0.5, 0.0, 1.0]] * 2)  # right, right, wrong, no change (wrong)
+    assert metrics.direction_accuracy(pred, truth, control) == 0.5
+
+
+def test_pearson_delta_against_a_perturbed_reference(populations):
+    pred, truth, control = populations
+    reference = truth[:10].mean(0)
+    assert metrics.pearson_delta(pred, truth, reference) == pytest.approx(
+        stats.pearsonr(pred.mean(0) - reference, truth.mean(0) - reference)[0])
+
+
+def test_perturbed_mean_reads_only_perturbed_cells_in_chunks(tmp_path, keys):
+    rng = np.random.default_rng(4)
+    X = rng.gamma(2.0, 1.0, (11, 4)).astype(np.float32)
+    condition = ["stimulated", "control"] * 5 + ["stimulated"]
+    cells = ad.AnnData(sp.csr_matrix(X), obs=pd.DataFrame({"condition": condition},
+                                                           index=[f"c{i}" for i in range(11)]),
+                       var=pd.DataFrame(index=["a", "b", "c", "d"]))
+    cells.write_h5ad(tmp_path / "train.h5ad")
+    genes = pd.Index(["d", "a"])
+    mean = metrics.perturbed_mean(tmp_path / "train.h5ad", keys, genes, chunk_size=2)
+    perturbed = np.array(condition) == "stimulated"
+    np.testing.assert_allclose(mean, X[perturbed][:, [3, 0]].mean(0), rtol=1e-6)
+
+
+def test_subsample_is_seeded_and_bounded():
+    X = np.arange(20.0).reshape(10, 2)
+    first = metrics.subsample(X, 4, np.random.default_rng(0))
+    assert first.shape == (4, 2)
+    np.testing.assert_array_equal(first, metrics.subsample(X, 4, np.random.default_rng(0)))
+    assert metrics.subsample(X, 20, np.random.default_rng(0)) is X
+
+
+def test_score_ranks_a_shifted_prediction_above_the_control(keys):
+    rng = np.random.default_rng(5)
+    genes = [f"g{i}" for i in range(30)]
+    control = rng.normal(1.0, 0.3, (80, 30)).clip(0)
+    truth = rng.normal(1.0, 0.3, (70, 30)).clip(0)
+    truth[:, :5] += 2.0
+    var = pd.DataFrame(index=genes)
+    T, C = ad.AnnData(truth, var=var), ad.AnnData(control, var=var)
+    degs = metrics.top_degs(T, C, n=5)["names"].tolist()
+    shifted = control + (truth.mean(0) - control.mean(0))
+    reference = control.mean(0) + 1.0
+    good = metrics.score(ad.AnnData(shifted, var=var), T, C, degs, reference, seed=0, max_cells=50)
+    bad = metrics.score(C.copy(), T, C, degs, reference, seed=0, max_cells=50)
+    assert set(good) == {*metrics.METRICS, "n_pred", "n_truth"}
+    assert good["e_distance"] < bad["e_distance"] and good["mmd"] < bad["mmd"]
+    assert good["deg_overlap_top100"] == 1.0 and good["direction_accuracy_top100"] == 1.0
+    assert bad["direction_accuracy_top100"] == 0.0 and bad["deg_overlap_top100"] == 0.0
+    assert good == metrics.score(ad.AnnData(shifted, var=var), T, C, degs, reference, seed=0,
+                                 max_cells=50)

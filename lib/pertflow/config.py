@@ -1,8 +1,12 @@
-"""Reading the validated run config: experiment keys per dataset and resolved model entries."""
+"""Reading the validated run config: experiment keys per dataset and resolved model entries,
+and the checks Snakemake's config loading does not make."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from pertflow.errors import ConfigError
 from pertflow.models.base import Keys, get_model_class
@@ -31,3 +35,28 @@ def check_models(config: dict) -> None:
         except ImportError as error:
             raise ConfigError(f"config models.{entry}: cannot import the model ({error}); "
                               "install its dependencies or fix `module:`.") from error
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML loader that refuses a key repeated in one mapping (plain YAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(
+                    f"{Path(self.name)}, line {line}: key '{key}' is given twice in the same "
+                    f"mapping (first on line {seen[key]}); YAML would silently keep only the "
+                    "last one (e.g. two datasets or models of the same name). Rename or merge "
+                    "them.")
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def check_unique_keys(paths: list[str | Path]) -> None:
+    """Fail on any config file in which a key (e.g. a dataset name) appears twice."""
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            yaml.load(f, Loader=_UniqueKeyLoader)

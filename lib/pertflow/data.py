@@ -16,8 +16,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from pertflow.config import dataset_keys
 from pertflow.errors import DataError, DownloadError
 from pertflow.preprocess import check_counts, recover_counts
+from pertflow.splits import choose_held_out_groups
 from pertflow.utils import atomic_path
 
 log = logging.getLogger(__name__)
@@ -67,12 +69,13 @@ def read_h5ad(path: str | Path) -> ad.AnnData:
     if not path.exists():
         raise DataError(f"{path}: file not found; fix `source: path:` in the dataset config.")
     if not h5py.is_hdf5(path):
-        raise DataError(f"{path}: not an HDF5/h5ad file (truncated download or wrong format).")
+        raise DataError(f"{path}: not an HDF5/h5ad file (wrong format or a broken download); "
+                        "point `source:` at an .h5ad written by anndata, or download it again.")
     try:
         return ad.read_h5ad(path)
     except Exception as error:
-        raise DataError(f"{path}: cannot be read as AnnData ({error}); re-download or re-export "
-                        "it with anndata.") from error
+        raise DataError(f"{path}: cannot be read as AnnData, the file is truncated or corrupt "
+                        f"({error}); download it again or re-export it with anndata.") from error
 
 
 def _require_column(adata: ad.AnnData, key: str, what: str, name: str) -> None:
@@ -97,6 +100,11 @@ def standardise(adata: ad.AnnData, spec: dict, name: str) -> ad.AnnData:
     for key in (condition, group):
         adata.obs[key] = pd.Categorical(adata.obs[key].astype(str))
     present = set(adata.obs[condition].cat.categories)
+    if len(present) == 1:
+        raise DataError(
+            f"dataset '{name}': only one condition ('{present.pop()}') in obs['{condition}']; "
+            "the benchmark needs control and perturbed cells. Point `condition_key:` at the "
+            "column that holds both, or use a file with both conditions.")
     for role in ("control", "perturbed"):
         if spec[role] not in present:
             raise DataError(
@@ -108,6 +116,11 @@ def standardise(adata: ad.AnnData, spec: dict, name: str) -> ad.AnnData:
                         f"'{spec['control']}'; they must differ.")
     adata = adata[adata.obs[condition].isin([spec["control"], spec["perturbed"]]).to_numpy()].copy()
     adata.obs[condition] = adata.obs[condition].cat.remove_unused_categories()
+    if isinstance(spec.get("held_out"), list):
+        # Fail before QC on a listed group that is absent or lacks cells; QC only removes cells,
+        # so the checkpoint's check after QC is the final word.
+        choose_held_out_groups(adata, dataset_keys(spec), spec["held_out"],
+                               spec.get("min_cells", 1), name)
     if not adata.var_names.is_unique:
         dups = adata.var_names[adata.var_names.duplicated()].unique()[:5].tolist()
         raise DataError(f"dataset '{name}': duplicated gene names in var_names, e.g. {dups}; "

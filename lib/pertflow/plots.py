@@ -1,4 +1,6 @@
-"""Figures: the scGen-style mean-expression scatter and R² bars across models and held-out groups."""
+"""Figures: scGen's Figure 2 panels per model and held-out group, metric overviews across models,
+groups and seeds, latent spaces, and cost. Every function returns a matplotlib figure; ``save``
+writes it in each requested format."""
 
 from __future__ import annotations
 
@@ -15,11 +17,14 @@ import pandas as pd  # noqa: E402
 from pertflow.metrics import r2_of  # noqa: E402
 from pertflow.utils import atomic_path, dense  # noqa: E402
 
+# Colours of the reference populations, shared by the UMAPs and the violins.
+CONTROL_COLOR, REAL_COLOR = "0.75", "0.15"
+
 
 def model_colors(models: list[str]) -> dict[str, tuple]:
     """One colour per model, stable across figures (assigned in sorted-name order)."""
-    cmap = plt.get_cmap("tab10")
-    return {model: cmap(i % 10) for i, model in enumerate(sorted(models))}
+    cmap = plt.get_cmap("tab10" if len(models) <= 10 else "tab20")
+    return {model: cmap(i % cmap.N) for i, model in enumerate(sorted(models))}
 
 
 def save(fig, paths: list[str | Path]) -> None:
@@ -30,26 +35,79 @@ def save(fig, paths: list[str | Path]) -> None:
     plt.close(fig)
 
 
-def mean_scatter(pred: ad.AnnData, truth: ad.AnnData, degs: list[str], title: str,
-                 n_labels: int = 10):
-    """Per-gene mean of predicted vs real perturbed cells; top DEGs highlighted and labelled."""
+# ---------------------------------------------------------------------------------------------
+# One model, one held-out group: predicted vs real perturbed cells
+
+GENE_STATISTICS = {"mean": np.mean, "variance": np.var}
+
+
+def expression_scatter(pred: ad.AnnData, truth: ad.AnnData, degs: list[str], title: str,
+                       statistic: str = "mean", n_labels: int = 10):
+    """Per-gene ``statistic`` (mean or variance over cells) of predicted vs real perturbed cells;
+    top DEGs highlighted and the highest-ranked ones labelled."""
     genes = truth.var_names
-    x = dense(truth.X).mean(axis=0)
-    y = dense(pred[:, genes].X).mean(axis=0)
+    x = GENE_STATISTICS[statistic](dense(truth.X), axis=0)
+    y = GENE_STATISTICS[statistic](dense(pred[:, genes].X), axis=0)
     top = genes.get_indexer(degs)
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.scatter(x, y, s=4, c="0.6", alpha=0.6, linewidths=0, label="all genes")
     ax.scatter(x[top], y[top], s=8, c="tab:red", linewidths=0, label=f"top {len(top)} DEGs")
     for i in top[:n_labels]:
         ax.annotate(genes[i], (x[i], y[i]), fontsize=7, xytext=(2, 2), textcoords="offset points")
-    lim = [0, max(x.max(), y.max()) * 1.05]
+    lim = [min(0.0, x.min(), y.min()), max(x.max(), y.max()) * 1.05]
     ax.plot(lim, lim, ls="--", c="0.3", lw=0.8)
-    ax.set(xlim=lim, ylim=lim, xlabel="real mean expression", ylabel="predicted mean expression",
-           title=title)
+    ax.set(xlim=lim, ylim=lim, xlabel=f"real {statistic} expression",
+           ylabel=f"predicted {statistic} expression", title=title)
     ax.text(0.03, 0.97, f"R² all = {r2_of(x, y):.3f}\nR² top {len(top)} DEGs = "
             f"{r2_of(x[top], y[top]):.3f}", transform=ax.transAxes, va="top", fontsize=8)
     ax.legend(loc="lower right", fontsize=7, frameon=False)
     return fig
+
+
+def held_out_umap(control: ad.AnnData, truth: ad.AnnData, pred: ad.AnnData, title: str,
+                  color: tuple, seed: int, n_pcs: int = 50):
+    """Joint UMAP (PCA of the three populations together) of the held-out group's control, real
+    perturbed and predicted perturbed cells."""
+    import scanpy as sc
+
+    genes = truth.var_names
+    cells = ad.concat({"control": control[:, genes], "real perturbed": truth,
+                       "predicted": pred[:, genes]}, label="cells", index_unique="-")
+    cells.X = dense(cells.X).astype(np.float32)
+    sc.pp.pca(cells, n_comps=min(n_pcs, *cells.shape) - 1, random_state=seed)
+    sc.pp.neighbors(cells, random_state=seed)
+    sc.tl.umap(cells, random_state=seed)
+    cells.uns["cells_colors"] = [CONTROL_COLOR, REAL_COLOR, matplotlib.colors.to_hex(color)]
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    sc.pl.umap(cells, color="cells", ax=ax, show=False, frameon=False, title=title, size=10)
+    return fig
+
+
+def top_deg_violins(control: ad.AnnData, truth: ad.AnnData, preds: dict[str, ad.AnnData],
+                    genes: list[str], colors: dict[str, tuple], title: str):
+    """One violin panel per gene: its expression in control, real perturbed and every model's
+    predicted perturbed cells of one held-out group."""
+    import scanpy as sc
+
+    parts = {"control": control[:, genes], "real": truth[:, genes],
+             **{model: pred[:, genes] for model, pred in preds.items()}}
+    cells = ad.concat(parts, label="cells", index_unique="-")
+    cells.X = dense(cells.X)
+    cells.obs["cells"] = pd.Categorical(cells.obs["cells"], categories=list(parts))
+    cells.uns["cells_colors"] = [CONTROL_COLOR, REAL_COLOR] + [
+        matplotlib.colors.to_hex(colors[model]) for model in preds]
+    fig, axes = plt.subplots(1, len(genes), figsize=(0.5 * len(parts) * len(genes) + 1, 3.6),
+                             squeeze=False)
+    for ax, gene in zip(axes[0], genes):
+        sc.pl.violin(cells, gene, groupby="cells", ax=ax, show=False, stripplot=False,
+                     rotation=90, ylabel="expression")
+        ax.set_title(gene)
+    fig.suptitle(title, y=1.02)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Across models, held-out groups and seeds
 
 
 def r2_bars(metrics: pd.DataFrame, value: str, colors: dict[str, tuple]):
@@ -74,6 +132,87 @@ def r2_bars(metrics: pd.DataFrame, value: str, colors: dict[str, tuple]):
     return fig
 
 
+def present_metrics(metrics: pd.DataFrame, directions: dict[str, str]) -> dict[str, str]:
+    """The metrics of ``directions`` (name: "higher" | "lower" is better) that the table holds,
+    in the order of ``directions``."""
+    return {name: way for name, way in directions.items() if name in metrics.columns}
+
+
+def metric_heatmaps(metrics: pd.DataFrame, directions: dict[str, str]):
+    """One heatmap per metric: models (rows) × held-out groups (columns), mean over seeds, the
+    colour scale of each panel oriented so that the better value is always the brighter."""
+    present = present_metrics(metrics, directions)
+    means = metrics.groupby(["model", "group"])[list(present)].mean()
+    models, groups = means.index.unique("model"), means.index.unique("group")
+    n_cols = min(3, len(present))
+    n_rows = -(-len(present) // n_cols)
+    width, height = 0.55 * len(groups) + 2.2, 0.3 * len(models) + 1.2
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(width * n_cols, height * n_rows),
+                             squeeze=False, constrained_layout=True)
+    for ax, (name, way) in zip(axes.flat, present.items()):
+        grid = means[name].unstack("group").reindex(index=models, columns=groups)
+        image = ax.imshow(grid.to_numpy(dtype=float), aspect="auto",
+                          cmap="viridis" if way == "higher" else "viridis_r")
+        ax.set_xticks(range(len(groups)), groups, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(models)), models, fontsize=7)
+        ax.set_title(f"{name} ({way} is better)", fontsize=8)
+        if grid.size <= 120:  # values stay legible on small grids only
+            for (i, j), value in np.ndenumerate(grid.to_numpy(dtype=float)):
+                if np.isfinite(value):
+                    ax.text(j, i, f"{value:.2g}", ha="center", va="center", fontsize=5,
+                            c="k" if image.norm(value) > 0.5 else "w")
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    for ax in axes.flat[len(present):]:
+        ax.set_visible(False)
+    return fig
+
+
+def mean_ranks(metrics: pd.DataFrame, directions: dict[str, str]) -> pd.Series:
+    """Each model's rank (1 = best; ties share the mean rank) on every metric and held-out group,
+    from the mean over seeds, averaged over metrics and groups; sorted best first."""
+    present = present_metrics(metrics, directions)
+    means = metrics.groupby(["group", "model"])[list(present)].mean()
+    ranks = pd.concat({name: means[name].groupby("group").rank(ascending=way == "lower")
+                       for name, way in present.items()}, axis=1)
+    return ranks.stack().groupby("model").mean().sort_values().rename("mean rank")
+
+
+def ranking_bars(ranks: pd.Series, colors: dict[str, tuple], n_scores: int):
+    """Horizontal bars of the mean rank per model, best on top."""
+    fig, ax = plt.subplots(figsize=(4.5, 0.35 * len(ranks) + 1))
+    ax.barh(range(len(ranks)), ranks.to_numpy(), color=[colors[m] for m in ranks.index])
+    for i, value in enumerate(ranks.to_numpy()):
+        ax.text(value, i, f" {value:.2f}", va="center", fontsize=7)
+    ax.set_yticks(range(len(ranks)), ranks.index)
+    ax.invert_yaxis()
+    ax.set(xlabel=f"mean rank over {n_scores} metric × group scores (1 = best)",
+           xlim=(0, ranks.max() * 1.15))
+    return fig
+
+
+def cost_bars(benchmarks: pd.DataFrame, colors: dict[str, tuple]):
+    """Training wall-clock seconds and peak resident memory per model: bars are the mean over
+    held-out groups and seeds, dots the single runs. ``benchmarks`` holds Snakemake's benchmark
+    columns ``s`` and ``max_rss`` (MB) with a ``model`` column."""
+    models = sorted(benchmarks["model"].unique())
+    fig, axes = plt.subplots(1, 2, figsize=(max(6.0, 1.2 * len(models)), 3.5))
+    for ax, (column, label) in zip(axes, [("s", "training + prediction (s)"),
+                                          ("max_rss", "peak memory, max RSS (MB)")]):
+        for i, model in enumerate(models):
+            values = pd.to_numeric(benchmarks.loc[benchmarks["model"] == model, column],
+                                   errors="coerce").dropna().to_numpy()  # "-": not measured
+            if len(values):
+                ax.bar(i, values.mean(), 0.7, color=colors[model])
+                ax.scatter(np.full(len(values), i), values, s=6, c="k", zorder=3)
+        ax.set_xticks(range(len(models)), models, rotation=45, ha="right", fontsize=8)
+        ax.set(ylabel=label, yscale="log")
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Latent spaces
+
 # Tirosh et al. 2016 cell-cycle genes (as used by scanpy's and Seurat's cell-cycle scoring).
 S_GENES = """MCM5 PCNA TYMS FEN1 MCM2 MCM4 RRM1 UNG GINS2 MCM6 CDCA7 DTL PRIM1 UHRF1 MLF1IP HELLS
 RFC2 RPA2 NASP RAD51AP1 GMNN WDR76 SLBP CCNE2 UBR7 POLD3 MSH2 ATAD2 RAD51 RRM2 CDC45 CDC6 EXO1
@@ -96,19 +235,58 @@ def add_cell_cycle_phase(adata: ad.AnnData, min_genes: int = 10) -> bool:
     return True
 
 
+def latent_view(obs: pd.DataFrame, latent: np.ndarray, seed: int) -> ad.AnnData:
+    """Cells with only ``obs`` and a latent: its neighbour graph and UMAP, seeded; strings and
+    booleans of ``obs`` become categories so that they plot as such."""
+    import scanpy as sc
+
+    obs = obs.copy()
+    for column in obs:
+        if not pd.api.types.is_numeric_dtype(obs[column]) or obs[column].dtype == bool:
+            obs[column] = obs[column].astype(str).astype("category")
+    view = ad.AnnData(obs=obs, obsm={"latent": np.asarray(latent)})
+    sc.pp.neighbors(view, use_rep="latent", random_state=seed)
+    sc.tl.umap(view, random_state=seed)
+    return view
+
+
 def latent_umaps(adata: ad.AnnData, latent_key: str, colors: list[str], seed: int = 0):
     """UMAP of ``adata.obsm[latent_key]``, one panel per obs column in ``colors``."""
     import scanpy as sc
 
-    obs = adata.obs[colors].copy()
-    for column in colors:  # booleans and strings plot as categories
-        if not pd.api.types.is_numeric_dtype(obs[column]) or obs[column].dtype == bool:
-            obs[column] = obs[column].astype(str).astype("category")
-    view = ad.AnnData(obs=obs, obsm={latent_key: adata.obsm[latent_key]})
-    sc.pp.neighbors(view, use_rep=latent_key, random_state=seed)
-    sc.tl.umap(view, random_state=seed)
+    view = latent_view(adata.obs[colors], adata.obsm[latent_key], seed)
     fig, axes = plt.subplots(1, len(colors), figsize=(4.2 * len(colors), 4))
     for ax, color in zip(np.atleast_1d(axes), colors):
         sc.pl.umap(view, color=color, ax=ax, show=False, frameon=False, title=color, size=8)
     fig.suptitle(latent_key, y=1.04)
     return fig
+
+
+def leiden_ari(view: ad.AnnData, labels: str, seed: int, resolution: float = 0.5) -> float:
+    """Leiden clusters of ``view``'s neighbour graph into ``obs['leiden']``, and their adjusted
+    Rand index against the known ``obs[labels]`` (1: the same partition, ~0: chance)."""
+    import scanpy as sc
+    from sklearn.metrics import adjusted_rand_score
+
+    sc.tl.leiden(view, resolution=resolution, random_state=seed, flavor="igraph",
+                 n_iterations=2, directed=False)
+    return float(adjusted_rand_score(view.obs[labels], view.obs["leiden"]))
+
+
+def latent_comparison(obs: pd.DataFrame, latents: dict[str, np.ndarray], group: str,
+                      condition: str, seed: int, resolution: float = 0.5):
+    """Latent spaces side by side (one column each): UMAP coloured by ``group``, by the Leiden
+    clusters of the latent (ARI against ``group`` in the title) and by ``condition``.
+    Returns the figure and each latent's ARI."""
+    import scanpy as sc
+
+    fig, axes = plt.subplots(3, len(latents), figsize=(4.2 * len(latents), 11), squeeze=False)
+    aris = {}
+    for column, (name, latent) in zip(axes.T, latents.items()):
+        view = latent_view(obs[[group, condition]], latent, seed)
+        aris[name] = ari = leiden_ari(view, group, seed, resolution)
+        titles = {group: f"{name}: {group}", "leiden": f"{name}: Leiden, ARI = {ari:.2f}",
+                  condition: f"{name}: {condition}"}
+        for ax, (color, title) in zip(column, titles.items()):
+            sc.pl.umap(view, color=color, ax=ax, show=False, frameon=False, title=title, size=8)
+    return fig, aris

@@ -21,10 +21,15 @@ def recover_counts(X, where: str = "X") -> sp.csr_matrix:
     """Exact integer counts from log1p(size-normalised counts): per cell,
     round(expm1(x) / min_nonzero(expm1(x))). Refuses input where the ratio is not integral."""
     X = sp.csr_matrix(X, dtype=np.float64)
-    values = np.expm1(X.data)
+    with np.errstate(over="ignore"):  # raw counts overflow: refused below
+        values = np.expm1(X.data)
     if np.any(values < 0):
         raise DataError(f"{where}: negative values cannot be log1p-normalised counts; "
                         "use `counts: X` or a counts layer instead of `recover`.")
+    if not np.all(np.isfinite(values)):
+        raise DataError(f"{where}: values up to {X.data.max():.4g} are far too large for "
+                        "log1p-normalised counts; these look like raw counts. Use `counts: X` "
+                        "or a counts layer instead of `recover`.")
     row = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
     positive = values > 0
     minimum = np.full(X.shape[0], np.inf)

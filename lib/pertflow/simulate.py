@@ -86,18 +86,31 @@ def simulate(**params) -> ad.AnnData:
     cycling = rng.random(n_cells) < 0.25  # a proliferating fraction in both conditions
     cc_score = np.where(cycling, rng.uniform(0.6, 1.0, n_cells), rng.uniform(0.0, 0.1, n_cells))
 
-    logits = base[None, :] + markers[cell_type] + donor_effect[donor]
-    logits[:, cc] += cc_score[:, None] * cc_loading[None, :]
-    logits[stimulated] += response[cell_type[stimulated]]
     damaged = rng.random(n_cells) < p["damaged_fraction"]
-    logits[np.ix_(damaged, mt)] += 3.0
-    proportion = np.exp(logits - logits.max(axis=1, keepdims=True))
-    proportion /= proportion.sum(axis=1, keepdims=True)
-
     library = rng.lognormal(np.log(p["mean_library_size"]), 0.35, size=n_cells)
-    mu = proportion * library[:, None]
     shape = 1.0 / p["dispersion"]
-    counts = rng.poisson(rng.gamma(shape, mu / shape)).astype(np.float32)
+
+    def expected_counts(rows: slice) -> np.ndarray:
+        logits = base[None, :] + markers[cell_type[rows]] + donor_effect[donor[rows]]
+        logits[:, cc] += cc_score[rows, None] * cc_loading[None, :]
+        stim = stimulated[rows]
+        logits[stim] += response[cell_type[rows][stim]]
+        logits[np.ix_(damaged[rows], mt)] += 3.0
+        proportion = np.exp(logits - logits.max(axis=1, keepdims=True))
+        proportion /= proportion.sum(axis=1, keepdims=True)
+        return proportion * library[rows, None]
+
+    # In blocks of cells, so that memory stays near one dense float64 matrix (the gamma rates)
+    # at 100k cells. Generator draws are elementwise in order, so every gamma, then every Poisson
+    # draw, gives the same numbers as drawing the whole matrix at once.
+    step = max(1, 2**22 // n_genes)
+    blocks = [slice(start, min(start + step, n_cells)) for start in range(0, n_cells, step)]
+    rates = np.empty((n_cells, n_genes))
+    for rows in blocks:
+        rates[rows] = rng.gamma(shape, expected_counts(rows) / shape)
+    counts = sp.vstack([sp.csr_matrix(rng.poisson(rates[rows]).astype(np.float32))
+                        for rows in blocks], format="csr")
+    del rates
 
     # Truth: log-fold change of each type's expected normalised expression under stimulation.
     true_lfc = np.zeros((n_types, n_genes))
@@ -112,7 +125,7 @@ def simulate(**params) -> ad.AnnData:
         "donor": pd.Categorical([f"donor{d}" for d in donor]),
         "cycling": cycling,
     }, index=[f"cell{i}" for i in range(n_cells)])
-    adata = ad.AnnData(X=sp.csr_matrix(counts), obs=obs, var=pd.DataFrame(index=gene_names))
+    adata = ad.AnnData(X=counts, obs=obs, var=pd.DataFrame(index=gene_names))
     adata.uns["simulation"] = {
         "params": {k: (float(v) if isinstance(v, float) else int(v)) for k, v in p.items()},
         "cell_types": types,

@@ -10,9 +10,14 @@ os.environ.update(
     PYTHONPATH=os.pathsep.join(p for p in (LIB, os.environ.get("PYTHONPATH")) if p)
 )
 
-from pertflow.config import check_models, model_entry
+from pertflow.config import check_models, check_unique_keys, model_entry
 from pertflow.models import Model, get_model_class
+from pertflow.utils import clear_stale_snakemake_locks
 
+if workflow.is_main_process:
+    # Held open while this run lasts; lets the next run tell a killed run's locks from a live one's.
+    WORKDIR_LOCK = clear_stale_snakemake_locks()
+check_unique_keys(workflow.configfiles)
 check_models(config)
 
 DATASETS = list(config["datasets"])

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import anndata as ad
 
 from pertflow.errors import ConfigError
+from pertflow.utils import atomic_path, provenance
 
 _REGISTRY: dict[str, type["Model"]] = {}
 
@@ -42,6 +43,8 @@ class Model:
 
     name: ClassVar[str]
     defaults: ClassVar[dict[str, Any]] = {}
+    # Cells a training minibatch must hold: models with BatchNorm layers set 2.
+    min_batch_cells: ClassVar[int] = 1
 
     def __init__(self, keys: Keys):
         self.keys = keys
@@ -58,13 +61,30 @@ class Model:
                 f"{where}: unknown parameter(s) {unknown} for model '{cls.name}'. "
                 f"Known parameters: {known}. Fix the spelling or remove them."
             )
-        return {**cls.defaults, **params}
+        params = {**cls.defaults, **params}
+        batch_size = params.get("batch_size")
+        if batch_size is not None and batch_size < cls.min_batch_cells:
+            raise ConfigError(
+                f"{where}: batch_size={batch_size}, but model '{cls.name}' needs at least "
+                f"{cls.min_batch_cells} cells per training batch (BatchNorm cannot normalise a "
+                f"single cell). Set `batch_size` to {cls.min_batch_cells} or more.")
+        return params
 
     def fit(self, train: ad.AnnData, params: dict[str, Any] | None, seed: int) -> "Model":
         self.params = self.check_params(params)
         self.seed = int(seed)
+        self.check_training_cells(train)
         self._fit(train)
         return self
+
+    def check_training_cells(self, train: ad.AnnData) -> None:
+        """Before any training: the training cells must fill one minibatch."""
+        need = max(int(self.params.get("batch_size") or 1), self.min_batch_cells)
+        if train.n_obs < need:
+            raise ConfigError(
+                f"model '{self.name}': {train.n_obs} training cells, fewer than one training "
+                f"batch needs ({need}; batch_size={self.params.get('batch_size')}). Lower "
+                "`batch_size` in the model's params, or use a dataset with more cells.")
 
     def _fit(self, train: ad.AnnData) -> None:
         raise NotImplementedError
@@ -77,20 +97,23 @@ class Model:
         """Latent coordinates of ``adata``'s cells as {obsm key: array}; latent models override."""
         return {}
 
-    # Persistence: hyperparameters as JSON next to whatever state the model keeps.
+    # Persistence: hyperparameters and provenance as JSON next to whatever state the model keeps.
     def save(self, directory: str | Path) -> None:
-        """Write into ``directory.part`` and rename it when complete, so an interrupted save
-        never leaves a directory that looks finished."""
+        """Write into a temporary directory renamed when complete, so an interrupted save never
+        leaves a directory that looks finished."""
         directory = Path(directory)
-        partial = directory.with_name(directory.name + ".part")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        meta = {"model": self.name, "params": self.params, "seed": self.seed,
-                "keys": self.keys.__dict__}
-        (partial / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-        self._save_state(partial)
-        shutil.rmtree(directory, ignore_errors=True)
-        partial.rename(directory)
+        with atomic_path(directory) as partial:
+            partial.mkdir()
+            (partial / "model.json").write_text(json.dumps(self.metadata(), indent=2,
+                                                           sort_keys=True))
+            self._save_state(partial)
+            shutil.rmtree(directory, ignore_errors=True)
+
+    def metadata(self) -> dict[str, Any]:
+        """What a saved model and its predictions record: model, params, seed, keys and the
+        versions that produced them."""
+        return {"model": self.name, "params": self.params, "seed": self.seed,
+                "keys": self.keys.__dict__, "versions": provenance()}
 
     @classmethod
     def load(cls, directory: str | Path) -> "Model":
@@ -115,6 +138,9 @@ class Model:
         obs["source_cell"] = control_cells.obs_names
         pred = ad.AnnData(X=X, obs=obs, var=control_cells.var[[]].copy())
         pred.obs_names = [f"pred-{name}" for name in control_cells.obs_names]
+        # JSON: h5ad cannot store the None values that params may hold.
+        pred.uns["pertflow"] = {key: json.dumps(value, sort_keys=True) if key == "params" else value
+                                for key, value in self.metadata().items()}
         return pred
 
 

@@ -1,0 +1,15 @@
+"""Training seconds and peak memory per model, from the train_predict jobs' benchmark files."""
+
+import pandas as pd
+
+from pertflow.logs import log_to
+from pertflow.plots import cost_bars, model_colors, save
+
+with log_to(snakemake.log[0]) as log:
+    runs = [pd.read_csv(path, sep="\t").assign(model=model, group=group, seed=seed)
+            for path, (model, group, seed) in zip(snakemake.input, snakemake.params.runs)]
+    benchmarks = pd.concat(runs, ignore_index=True)
+    log.info("mean per model:\n%s",
+             benchmarks.groupby("model")[["s", "max_rss"]].mean().to_string())
+    save(cost_bars(benchmarks, model_colors(benchmarks["model"].unique().tolist())),
+         [snakemake.output.png, snakemake.output.pdf])

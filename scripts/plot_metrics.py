@@ -1,0 +1,21 @@
+"""Every metric as a heatmap (models × held-out groups, mean over seeds), and the models ranked by
+their mean rank over metrics and groups."""
+
+import pandas as pd
+
+from pertflow.logs import log_to
+from pertflow.metrics import METRICS
+from pertflow.plots import mean_ranks, metric_heatmaps, model_colors, present_metrics, \
+    ranking_bars, save
+
+with log_to(snakemake.log[0]) as log:
+    metrics = pd.read_csv(snakemake.input[0])
+    present = present_metrics(metrics, METRICS)
+    log.info("metrics in the table: %s", present)
+    save(metric_heatmaps(metrics, METRICS),
+         [snakemake.output.heatmap, snakemake.output.heatmap_pdf])
+    ranks = mean_ranks(metrics, METRICS)
+    log.info("mean rank per model:\n%s", ranks.to_string())
+    n_scores = len(present) * metrics["group"].nunique()
+    save(ranking_bars(ranks, model_colors(snakemake.params.models), n_scores),
+         [snakemake.output.ranking, snakemake.output.ranking_pdf])

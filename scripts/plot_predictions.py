@@ -1,0 +1,29 @@
+"""One model's first-seed prediction of every held-out group against the real perturbed cells:
+scatter of per-gene means and of per-gene variances (scGen's Figure 2), and a joint UMAP of the
+group's control, real and predicted perturbed cells; each as PNG and PDF."""
+
+from pathlib import Path
+
+import anndata as ad
+import pandas as pd
+
+from pertflow.logs import log_to
+from pertflow.plots import GENE_STATISTICS, expression_scatter, held_out_umap, model_colors, save
+
+with log_to(snakemake.log[0]) as log:
+    model, out = snakemake.wildcards.model, snakemake.output
+    color = model_colors(snakemake.params.models)[model]
+    inputs = zip(snakemake.params.groups, snakemake.input.predictions, snakemake.input.truths,
+                 snakemake.input.controls, snakemake.input.degs)
+    for group, prediction, truth, control, degs in inputs:
+        pred, truth = ad.read_h5ad(prediction), ad.read_h5ad(truth)
+        names = pd.read_csv(degs)["names"].astype(str).tolist()
+        title = f"{model}: {group}"
+        for statistic, directory in zip(GENE_STATISTICS, (out.mean, out.variance)):
+            save(expression_scatter(pred, truth, names, title, statistic),
+                 [Path(directory) / f"{group}.{ext}" for ext in ("png", "pdf")])
+        log.info("%s: UMAP of %d predicted, %d real and control cells", group, pred.n_obs,
+                 truth.n_obs)
+        save(held_out_umap(ad.read_h5ad(control), truth, pred, title, color,
+                           seed=snakemake.params.seed),
+             [Path(out.umap) / f"{group}.{ext}" for ext in ("png", "pdf")])

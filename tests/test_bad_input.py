@@ -1,0 +1,182 @@
+"""Bad input fails early, says what is wrong and how to fix it, trains nothing and leaves no output.
+
+Every case runs the workflow. Problems in the config itself stop Snakemake while it parses (one run
+per case). Problems in the data each get a dataset of their own in one `--keep-going` run, so the
+cases fail side by side in their own jobs; each case then checks its own dataset's logs and files.
+"""
+
+from __future__ import annotations
+
+import http.server
+import re
+import subprocess
+import textwrap
+import threading
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import yaml
+
+from pertflow.simulate import simulate
+from test_workflow import SNAKEMAKE, TINY_MODELS
+
+GOOD = {"condition_key": "condition", "control": "control", "perturbed": "stimulated",
+        "group_key": "cell_type", "held_out": ["T-helper"], "min_cells": 5}
+MODELS = {"control": {}}
+# Too large a batch for the ~250 training cells: the one case that fails at training time.
+HUGE_BATCH = {"scgen": {"params": {**TINY_MODELS["scgen"], "batch_size": 100_000}}}
+
+
+def config_text(datasets: dict, models: dict = MODELS) -> str:
+    return yaml.safe_dump({"datasets": datasets, "models": models})
+
+
+def snakemake(workdir: Path, config: str, *extra: str) -> subprocess.CompletedProcess:
+    path = workdir / "config.yaml"
+    path.write_text(config)
+    return subprocess.run([*SNAKEMAKE, *extra, "--directory", str(workdir), "--configfile",
+                           str(path)], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A small valid h5ad and broken variants of it, as {name: path}."""
+    root = tmp_path_factory.mktemp("data")
+    good = simulate(n_cells=300, n_genes=200, n_cell_types=3, n_ifn_genes=20,
+                    n_cell_cycle_genes=10, seed=0)
+    variants = {"good": good}
+    variants["one_condition"] = good[(good.obs["condition"] == "control").to_numpy()].copy()
+    variants["no_b_controls"] = good[~((good.obs["cell_type"] == "B")
+                                       & (good.obs["condition"] == "control")).to_numpy()].copy()
+    variants["nan"] = good.copy()
+    variants["nan"].X.data[0] = np.nan
+    variants["negative"] = good.copy()
+    variants["negative"].X.data[0] = -1.0
+    variants["lognorm"] = good.copy()
+    variants["lognorm"].X = sp.csr_matrix(np.log1p(good.X.toarray()))
+    variants["dup_genes"] = good.copy()
+    variants["dup_genes"].var_names = ["G0"] + list(good.var_names[1:-1]) + ["G0"]
+    paths = {}
+    for name, adata in variants.items():
+        paths[name] = root / f"{name}.h5ad"
+        adata.write_h5ad(paths[name])
+    paths["truncated"] = root / "truncated.h5ad"
+    content = paths["good"].read_bytes()
+    paths["truncated"].write_bytes(content[: len(content) // 2])
+    paths["not_hdf5"] = root / "not_hdf5.h5ad"
+    paths["not_hdf5"].write_text("cell,gene\n")
+    return paths
+
+
+@pytest.fixture(scope="module")
+def server(data):
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(data["good"].parent))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+# Config cases: (config text, what the message must say). Where the schema catches a problem,
+# Snakemake's validation message names the key and what is expected of its value.
+def with_dataset(**changes) -> dict:
+    return {"sim": {"source": {"path": "data.h5ad"}, **GOOD, **changes}}
+
+
+CONFIG_CASES = {
+    "malformed_yaml": ("datasets: {sim: [unclosed\n", ["not valid JSON or YAML"]),
+    "unknown_key": (config_text(with_dataset(condition_col="condition")),
+                    ["Error validating config file", "'condition_col' was unexpected"]),
+    "wrong_type": (config_text(with_dataset(min_cells="ten")),
+                   ["Error validating config file", "'ten' is not of type 'integer'"]),
+    "dataset_name_twice": ("datasets:\n" + 2 * textwrap.indent(yaml.safe_dump(with_dataset()), "  ")
+                           + "models: {control: {}}\n",
+                           ["key 'sim' is given twice", "Rename or merge them"]),
+    "model_not_in_registry": (config_text(with_dataset(), {"scgenn": {}}),
+                              ["model 'scgenn' is not in the registry", "Fix the name"]),
+    "unknown_model_param": (config_text(with_dataset(), {"mean_shift": {"params": {"balance": 1}}}),
+                            ["unknown parameter(s) ['balance']", "Fix the spelling"]),
+}
+
+
+@pytest.mark.parametrize("case", CONFIG_CASES)
+def test_config_problem_stops_the_run_before_any_job(case, tmp_path):
+    text, expected = CONFIG_CASES[case]
+    result = snakemake(tmp_path, text)
+    assert result.returncode != 0
+    for part in expected:
+        assert part in result.stdout + result.stderr, (part, result.stderr[-3000:])
+    assert not (tmp_path / "results").exists()
+
+
+# Data cases: dataset changes over GOOD, its source (a file from `data`, or a URL on `server`),
+# and what the failing job's log must say: the problem, then the fix.
+DATA_CASES = {
+    "missing_condition_column": ({"condition_key": "treatment"}, "good",
+                                 ["obs column 'treatment' (condition_key) not found",
+                                  "Fix `condition_key`"]),
+    "label_absent": ({"perturbed": "IFN"}, "good",
+                     ["perturbed label 'IFN' not found", "Fix `perturbed:`"]),
+    "one_condition": ({}, "one_condition",
+                      ["only one condition ('control')", "Point `condition_key:`"]),
+    "held_out_group_absent": ({"held_out": ["Nope"]}, "good",
+                              ["held-out group 'Nope' not found", "Fix `held_out:`"]),
+    "held_out_group_without_controls": ({"held_out": ["B"]}, "no_b_controls",
+                                        ["held-out group 'B' has 0 control",
+                                         "Remove it from `held_out:`"]),
+    "non_finite_values": ({}, "nan", ["NaN or infinite values", "clean the matrix"]),
+    "negative_counts": ({}, "negative", ["negative values, so it is not raw counts",
+                                         "Point `counts:` at raw counts"]),
+    "non_integer_counts": ({"counts": "X"}, "lognorm",
+                           ["is not integer, so it is not raw counts", "counts: recover"]),
+    "recover_on_raw_counts": ({"counts": "recover"}, "good",
+                              ["these look like raw counts", "Use `counts: X`"]),
+    "duplicated_genes": ({}, "dup_genes", ["duplicated gene names", "var_names_make_unique"]),
+    "truncated_h5ad": ({}, "truncated", ["the file is truncated or corrupt",
+                                         "download it again"]),
+    "not_hdf5": ({}, "not_hdf5", ["not an HDF5/h5ad file", "point `source:` at an .h5ad"]),
+    "url_404": ({}, "url:missing.h5ad", ["HTTP 404", "Check the URL"]),
+    "checksum_mismatch": ({}, "url:good.h5ad#" + "0" * 64,
+                          ["checksum mismatch", "update `sha256:`"]),
+    "fewer_cells_than_a_batch": ({}, "good", ["fewer than one training batch needs",
+                                               "Lower `batch_size`"]),
+}
+
+
+def source(name: str, data: dict, server: str) -> dict:
+    if not name.startswith("url:"):
+        return {"path": str(data[name])}
+    path, _, sha256 = name[4:].partition("#")
+    return {"url": f"{server}/{path}", "retries": 0, **({"sha256": sha256} if sha256 else {})}
+
+
+@pytest.fixture(scope="module")
+def data_run(data, server, tmp_path_factory):
+    """One `--keep-going` run over a dataset per data case; every model trains with a batch too
+    large for the data, so a dataset that got through preprocessing fails before training."""
+    workdir = tmp_path_factory.mktemp("bad_data")
+    datasets = {case: {**GOOD, **changes, "source": source(name, data, server)}
+                for case, (changes, name, _) in DATA_CASES.items()}
+    targets = [f"results/{case}/metrics.csv" for case in DATA_CASES]
+    result = snakemake(workdir, config_text(datasets, HUGE_BATCH), *targets, "--keep-going")
+    return workdir, result
+
+
+@pytest.mark.parametrize("case", DATA_CASES)
+def test_data_problem_fails_its_job_with_the_fix_and_leaves_nothing(case, data_run):
+    workdir, result = data_run
+    assert result.returncode != 0
+    results = workdir / "results" / case
+    logs = "".join(path.read_text() for path in results.rglob("*.log"))
+    for part in DATA_CASES[case][2]:
+        assert part in logs, (part, logs[-3000:])
+    assert not re.search(r"\bepoch \d", logs)  # no training started
+    # No output, partial or complete, and no temporary file from the failing job: the data
+    # cases fail on reading the data, the batch case in its training job (under runs/).
+    failed_job_writes = results / ("runs" if case == "fewer_cells_than_a_batch" else "")
+    left = [path for path in failed_job_writes.rglob("*")
+            if path.is_file() and path.suffix != ".log"]
+    assert not left, left
