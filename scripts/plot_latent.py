@@ -18,7 +18,7 @@ with log_to(snakemake.log[0]) as log:
     cells.obs["held out"] = (cells.obs[keys.group] == snakemake.params.group).map(
         {True: snakemake.params.group, False: "other"})
     colors = [keys.condition, keys.group, "held out"]
-    if add_cell_cycle_phase(cells):
+    if add_cell_cycle_phase(cells, seed=snakemake.params.seed):
         colors.append("phase")
     colors += [c for c in spec.get("latent_colors", []) if c not in colors]
     out = Path(snakemake.output[0])

@@ -20,6 +20,8 @@ import pytest
 import scipy.sparse as sp
 import yaml
 
+from pertflow.errors import ConfigError
+from pertflow.models.baselines import MeanShift
 from pertflow.simulate import simulate
 from test_workflow import SNAKEMAKE, TINY_MODELS
 
@@ -86,14 +88,15 @@ def with_dataset(**changes) -> dict:
     return {"sim": {"source": {"path": "data.h5ad"}, **GOOD, **changes}}
 
 
+DATASET_TWICE = 2 * textwrap.indent(yaml.safe_dump(with_dataset()), "  ")
 CONFIG_CASES = {
+    # Snakemake reads the config file before any workflow code runs: its own message.
     "malformed_yaml": ("datasets: {sim: [unclosed\n", ["not valid JSON or YAML"]),
     "unknown_key": (config_text(with_dataset(condition_col="condition")),
                     ["Error validating config file", "'condition_col' was unexpected"]),
     "wrong_type": (config_text(with_dataset(min_cells="ten")),
                    ["Error validating config file", "'ten' is not of type 'integer'"]),
-    "dataset_name_twice": ("datasets:\n" + 2 * textwrap.indent(yaml.safe_dump(with_dataset()), "  ")
-                           + "models: {control: {}}\n",
+    "dataset_name_twice": ("datasets:\n" + DATASET_TWICE + "models: {control: {}}\n",
                            ["key 'sim' is given twice", "Rename or merge them"]),
     "model_not_in_registry": (config_text(with_dataset(), {"scgenn": {}}),
                               ["model 'scgenn' is not in the registry", "Fix the name"]),
@@ -180,3 +183,18 @@ def test_data_problem_fails_its_job_with_the_fix_and_leaves_nothing(case, data_r
     left = [path for path in failed_job_writes.rglob("*")
             if path.is_file() and path.suffix != ".log"]
     assert not left, left
+
+
+class BatchNormShift(MeanShift):
+    """A stand-in for a model with BatchNorm layers (not registered)."""
+
+    defaults = {**MeanShift.defaults, "batch_size": 32}
+    min_batch_cells = 2
+
+
+def test_batch_too_small_for_batchnorm_is_refused_with_the_params(small_sim, keys):
+    with pytest.raises(ConfigError, match=r"batch_size=1, .* at least 2 cells.*Set `batch_size`"):
+        BatchNormShift.check_params({"batch_size": 1}, "config models.x.params")
+    with pytest.raises(ConfigError, match="fewer than one training batch needs"):
+        BatchNormShift(keys).fit(small_sim[:20], {"batch_size": 32}, seed=0)
+    assert BatchNormShift(keys).fit(small_sim[:20], {"batch_size": 2}, seed=0).delta.size

@@ -7,11 +7,15 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import psutil
+import pytest
 
+from conftest import ROOT
+from pertflow.utils import atomic_path, clear_stale_snakemake_locks
 from test_reproducible import GROUP, METRICS, reference, tiny_command  # noqa: F401 (fixture)
 
 RESULTS = Path("results/sim")
@@ -70,3 +74,30 @@ def test_interrupted_runs_resume_to_identical_metrics(reference, tmp_path):
     assert (tmp_path / METRICS).read_bytes() == (reference / METRICS).read_bytes()
     leftovers = [p for p in (tmp_path / "results").rglob("*") if ".part" in p.name]
     assert not leftovers, leftovers
+
+
+def test_a_failed_write_leaves_nothing_and_a_killed_writes_leftover_is_replaced(tmp_path):
+    target = tmp_path / "out.csv"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / ".out.csv.part.csv").write_text("left by a killed run")  # a kill runs no cleanup
+    with atomic_path(target) as tmp:
+        tmp.write_text("done")
+    assert [p.name for p in tmp_path.iterdir()] == ["out.csv"] and target.read_text() == "done"
+
+
+def test_only_a_dead_runs_snakemake_locks_are_cleared(tmp_path):
+    locks = tmp_path / ".snakemake" / "locks"
+    locks.mkdir(parents=True)
+    (locks / "0.output.lock").write_text("results/x")
+    alive = clear_stale_snakemake_locks(tmp_path)  # no run holds the directory: stale, removed
+    assert not any(locks.iterdir())
+    (locks / "0.output.lock").write_text("results/x")
+    other = subprocess.run([sys.executable, "-c", "from pertflow.utils import "
+                            f"clear_stale_snakemake_locks as clear; clear({str(tmp_path)!r})"],
+                           env={**os.environ, "PYTHONPATH": str(ROOT / "lib")})
+    assert other.returncode == 0 and (locks / "0.output.lock").exists()  # `alive` holds it
+    alive.close()

@@ -20,8 +20,8 @@ def test_no_truth_cell_reaches_training(small_sim, keys):
 
 def test_all_skips_small_groups_and_names_them(small_sim, keys, caplog):
     counts = small_sim.obs.groupby([keys.group, keys.condition], observed=True).size()
-    smallest = counts.groupby(level=0).min().idxmin()
-    threshold = int(counts.groupby(level=0).min().min()) + 1
+    fewest = counts.groupby(level=0, observed=True).min()
+    smallest, threshold = fewest.idxmin(), int(fewest.min()) + 1
     with caplog.at_level("WARNING"):
         groups = choose_held_out_groups(small_sim, keys, "all", threshold, "sim")
     assert smallest not in groups and f"'{smallest}'" in caplog.text

@@ -104,3 +104,16 @@ def test_summary_markdown_names_ties():
     text = summary.summary_markdown("d", table, ["control", "mean_shift"])
     assert "**control** (tied with mean_shift) wins with 1" in text
     assert "difference 0 (95% CI 0 to 0, 4 pairs)" in text
+
+
+def test_summary_skips_missing_values_and_handles_no_baseline():
+    table = make_table({"control": [3, 3, 3, 3], "mean_shift": [1, 2, 1, 2],
+                        "new": [2, 2.5, 2, 3]})
+    table.loc[table["model"] == "control", "pearson_delta"] = np.nan  # constant prediction
+    text = summary.summary_markdown("d", table, ["control", "mean_shift"])
+    assert ("**pearson_delta** (higher is better): **new** wins with 2.38, best in 2 of 2 "
+            "held-out groups; the best baseline, mean_shift, reaches 1.5") in text
+    assert "**r2_mean_all** (higher is better): **control** wins with 3" in text
+    assert "no baseline to compare with" in summary.summary_markdown("d", table, [])
+    counts = summary.summarise(table).set_index(["model", "group", "metric"])["n"]
+    assert counts["control", summary.ALL_GROUPS, "pearson_delta"] == 0

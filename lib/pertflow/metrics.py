@@ -62,8 +62,11 @@ def pearson_delta(pred: np.ndarray, truth: np.ndarray, reference: np.ndarray) ->
     """Pearson correlation of predicted vs real change, both relative to ``reference`` gene means.
 
     With the held-out control mean as reference this is the usual Pearson-delta; with the mean of
-    all perturbed training cells it is Systema's variant (Viñas Torné et al. 2025), which no longer
-    rewards a prediction for reproducing the shift shared by every perturbed cell."""
+    all perturbed training cells it is Systema's variant (Viñas Torné et al., Nat. Biotechnol.
+    2025), which no longer rewards a prediction for reproducing the shift shared by every
+    perturbed cell. When the perturbed reference cells are of other groups than the held-out one,
+    the change relative to it also carries the difference between groups, which a prediction of
+    no change reproduces."""
     return float(stats.pearsonr(pred.mean(axis=0) - reference, truth.mean(axis=0) - reference)[0])
 
 

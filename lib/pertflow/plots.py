@@ -159,8 +159,10 @@ def metric_heatmaps(metrics: pd.DataFrame, directions: dict[str, str]):
         if grid.size <= 120:  # values stay legible on small grids only
             for (i, j), value in np.ndenumerate(grid.to_numpy(dtype=float)):
                 if np.isfinite(value):
+                    red, green, blue, _ = image.cmap(image.norm(value))
+                    light = 0.299 * red + 0.587 * green + 0.114 * blue > 0.5  # luma
                     ax.text(j, i, f"{value:.2g}", ha="center", va="center", fontsize=5,
-                            c="k" if image.norm(value) > 0.5 else "w")
+                            c="k" if light else "w")
         fig.colorbar(image, ax=ax, shrink=0.8)
     for ax in axes.flat[len(present):]:
         ax.set_visible(False)
@@ -223,15 +225,16 @@ CDC20 TTK CDC25C KIF2C RANGAP1 NCAPD2 DLGAP5 CDCA2 CDCA8 ECT2 KIF23 HMMR AURKA P
 CKAP5 CENPE CTCF NEK2 G2E3 GAS2L3 CBX5 CENPA""".split()
 
 
-def add_cell_cycle_phase(adata: ad.AnnData, min_genes: int = 10) -> bool:
-    """scanpy's cell-cycle scoring into ``obs['phase']`` when enough of the genes are present."""
+def add_cell_cycle_phase(adata: ad.AnnData, seed: int, min_genes: int = 10) -> bool:
+    """scanpy's cell-cycle scoring (its reference genes are sampled with ``seed``) into
+    ``obs['phase']`` when enough of the genes are present."""
     import scanpy as sc
 
     s = [g for g in S_GENES if g in adata.var_names]
     g2m = [g for g in G2M_GENES if g in adata.var_names]
     if min(len(s), len(g2m)) < min_genes:
         return False
-    sc.tl.score_genes_cell_cycle(adata, s_genes=s, g2m_genes=g2m, random_state=0)
+    sc.tl.score_genes_cell_cycle(adata, s_genes=s, g2m_genes=g2m, random_state=seed)
     return True
 
 
@@ -280,13 +283,13 @@ def latent_comparison(obs: pd.DataFrame, latents: dict[str, np.ndarray], group: 
     Returns the figure and each latent's ARI."""
     import scanpy as sc
 
-    fig, axes = plt.subplots(3, len(latents), figsize=(4.2 * len(latents), 11), squeeze=False)
+    fig, axes = plt.subplots(3, len(latents), figsize=(5.6 * len(latents), 12), squeeze=False)
     aris = {}
     for column, (name, latent) in zip(axes.T, latents.items()):
         view = latent_view(obs[[group, condition]], latent, seed)
         aris[name] = ari = leiden_ari(view, group, seed, resolution)
-        titles = {group: f"{name}: {group}", "leiden": f"{name}: Leiden, ARI = {ari:.2f}",
-                  condition: f"{name}: {condition}"}
+        titles = {group: f"{name}\n{group}", "leiden": f"{name}\nLeiden, ARI = {ari:.2f}",
+                  condition: f"{name}\n{condition}"}
         for ax, (color, title) in zip(column, titles.items()):
             sc.pl.umap(view, color=color, ax=ax, show=False, frameon=False, title=title, size=8)
     return fig, aris

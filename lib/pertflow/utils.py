@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from contextlib import contextmanager
+from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import IO
@@ -45,17 +46,20 @@ def atomic_path(path: str | Path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.part{path.suffix}")
-    if tmp.is_dir():
-        shutil.rmtree(tmp)
+    _remove(tmp)
     try:
         yield tmp
         os.replace(tmp, path)
     except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def write_h5ad(adata, path: str | Path) -> None:
@@ -86,6 +90,7 @@ def _pertflow_version() -> str:
     return __version__
 
 
+@cache
 def _git_commit() -> str | None:
     if not (ROOT / ".git").exists():
         return None

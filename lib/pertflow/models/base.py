@@ -138,9 +138,9 @@ class Model:
         obs["source_cell"] = control_cells.obs_names
         pred = ad.AnnData(X=X, obs=obs, var=control_cells.var[[]].copy())
         pred.obs_names = [f"pred-{name}" for name in control_cells.obs_names]
-        # JSON: h5ad cannot store the None values that params may hold.
-        pred.uns["pertflow"] = {key: json.dumps(value, sort_keys=True) if key == "params" else value
-                                for key, value in self.metadata().items()}
+        # params as JSON: h5ad cannot store the None values they may hold.
+        pred.uns["pertflow"] = {**self.metadata(),
+                                "params": json.dumps(self.params, sort_keys=True)}
         return pred
 
 
