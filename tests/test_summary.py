@@ -6,6 +6,7 @@ from scipy import stats
 
 from conftest import ROOT
 from pertflow import summary
+from pertflow.config import baseline_models
 from pertflow.errors import DataError
 from pertflow.metrics import METRICS
 
@@ -62,7 +63,7 @@ def test_summarise_per_group_over_seeds_and_overall():
 
 def test_baselines_are_found_from_the_registry():
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    assert summary.baseline_models(config) == ["control", "mean_shift", "mean_shift_balanced",
+    assert baseline_models(config) == ["control", "mean_shift", "mean_shift_balanced",
                                                "pca_shift"]
 
 

@@ -27,6 +27,16 @@ def model_entry(config: dict, entry: str) -> dict[str, Any]:
             "gpu": int(spec.get("gpu", 0)), "threads": int(spec.get("threads", 1))}
 
 
+def baseline_models(config: dict) -> list[str]:
+    """Config model entries whose class is one of the baselines (``pertflow.models.baselines``)."""
+    def is_baseline(name: str) -> bool:
+        entry = model_entry(config, name)
+        return get_model_class(entry["model"], entry["module"]).__module__ == \
+            "pertflow.models.baselines"
+
+    return [name for name in config["models"] if is_baseline(name)]
+
+
 def check_models(config: dict) -> None:
     """Fail at parse time, before anything runs, on unknown model names or parameters."""
     for entry in config["models"]:

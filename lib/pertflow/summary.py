@@ -7,10 +7,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from pertflow.config import model_entry
 from pertflow.errors import DataError
 from pertflow.metrics import METRICS
-from pertflow.models import baselines, get_model_class
 
 ID_COLUMNS = ["dataset", "model", "group", "seed"]
 COUNT_COLUMNS = ["n_pred", "n_truth"]
@@ -63,15 +61,6 @@ def summarise(table: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataFra
     summary["group"] = pd.Categorical(summary["group"], categories=groups, ordered=True)
     summary = summary.sort_values(["metric", "group", "model"]).reset_index(drop=True)
     return summary.astype({"metric": str, "group": str})
-
-
-def baseline_models(config: dict) -> list[str]:
-    """Config model entries whose class lives in ``pertflow.models.baselines``."""
-    def is_baseline(name: str) -> bool:
-        entry = model_entry(config, name)
-        return get_model_class(entry["model"], entry["module"]).__module__ == baselines.__name__
-
-    return [name for name in config["models"] if is_baseline(name)]
 
 
 def best(means: pd.Series, direction: str) -> str:

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import sys
 
 # The vendored library: importable here for config checks, and by every job's script.
@@ -10,7 +11,12 @@ os.environ.update(
     PYTHONPATH=os.pathsep.join(p for p in (LIB, os.environ.get("PYTHONPATH")) if p)
 )
 
-from pertflow.config import check_models, check_unique_keys, model_entry
+from pertflow.config import (
+    baseline_models,
+    check_models,
+    check_unique_keys,
+    model_entry,
+)
 from pertflow.models import Model, get_model_class
 from pertflow.utils import clear_stale_snakemake_locks
 
@@ -59,10 +65,16 @@ def held_out_groups(dataset):
         return json.load(f)["groups"]
 
 
+# `device: auto` trains on a GPU when the job sees one; on a GPU host such a job must hold one.
+HOST_HAS_GPU = shutil.which("nvidia-smi") is not None
+
+
 def gpus(wildcards):
+    """GPUs a training job holds: the entry's `gpu`, or one for a model that will use CUDA."""
     entry = model_entry(config, wildcards.model)
     device = str(entry["params"].get("device", "cpu"))
-    return max(entry["gpu"], 1 if device.startswith("cuda") else 0)
+    uses_cuda = device.startswith("cuda") or (device == "auto" and HOST_HAS_GPU)
+    return max(entry["gpu"], int(uses_cuda))
 
 
 def run_metrics(wildcards):

@@ -1,5 +1,3 @@
-from pertflow.summary import baseline_models
-
 EVALUATION_OUTPUTS = expand(
     [
         "results/{dataset}/metrics.csv",

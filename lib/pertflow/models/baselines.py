@@ -81,7 +81,10 @@ class PCAShift(_ShiftModel):
     def _fit_embedding(self, train: ad.AnnData) -> None:
         X = dense(train.X)
         n_comps = min(self.params["n_comps"], X.shape[0] - 1, X.shape[1])
-        self.pca = PCA(n_components=n_comps, svd_solver="full").fit(X)
+        # With more cells than genes, the eigendecomposition of the gene covariance is exact and
+        # far faster than a full SVD of the cell matrix (100k cells: minutes → seconds).
+        solver = "covariance_eigh" if X.shape[0] > X.shape[1] else "full"
+        self.pca = PCA(n_components=n_comps, svd_solver=solver).fit(X)
         self.mean_, self.components_ = self.pca.mean_, self.pca.components_
 
     def _embed(self, X: np.ndarray) -> np.ndarray:

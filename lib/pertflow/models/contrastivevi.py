@@ -268,6 +268,8 @@ class _ContrastiveVAE(nn.Module):
 class ContrastiveVI(Model):
     """contrastiveVI in Pyro; defaults follow scvi-tools' ``scvi.external.ContrastiveVI``."""
 
+    min_batch_cells = 2  # BatchNorm in the hidden layers
+
     defaults = {
         "n_hidden": 128,
         "n_background_latent": 10,
