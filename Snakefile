@@ -20,7 +20,8 @@ include: "workflow/rules/figures.smk"
 
 
 # Under a cluster executor (profiles/slurm) these run on the submitting host: the download needs
-# the network compute nodes often lack; the others read small tables or draw figures.
+# the network compute nodes often lack; the others read small tables
+# or draw figures from them. Figures that compute UMAPs or load models are submitted like the rest.
 localrules:
     download,
     held_out_groups,
@@ -28,10 +29,7 @@ localrules:
     summarise,
     plot_r2,
     plot_metrics,
-    plot_predictions,
     plot_violins,
-    plot_latent,
-    plot_scgen_latents,
     plot_cost,
 
 

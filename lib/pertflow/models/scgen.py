@@ -229,6 +229,8 @@ def latent_delta(latent: np.ndarray, condition: np.ndarray, groups: np.ndarray, 
 class ScGen(Model):
     """scGen: a VAE whose latent space carries the perturbation as one vector."""
 
+    min_batch_cells = 2  # BatchNorm in the hidden layers (norm: batch)
+
     defaults = {
         # architecture (the reference's)
         "n_hidden": 800,
