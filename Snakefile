@@ -21,7 +21,7 @@ include: "workflow/rules/figures.smk"
 
 # Under a cluster executor (profiles/slurm) these run on the submitting host: the download needs
 # the network compute nodes often lack; the others read small tables
-# or draw figures from them. Figures that compute UMAPs or load models are submitted like the rest.
+# or draw figures from them. Figures that read predictions or models are submitted like the rest.
 localrules:
     download,
     held_out_groups,
@@ -29,7 +29,6 @@ localrules:
     summarise,
     plot_r2,
     plot_metrics,
-    plot_violins,
     plot_cost,
 
 

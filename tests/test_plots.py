@@ -11,7 +11,7 @@ import pytest
 
 from pertflow import plots
 
-MODELS = ["mean_shift", "scgen"]
+MODELS = ["control", "mean_shift", "scgen"]
 DIRECTIONS = {"r2_mean_all": "higher", "e_distance": "lower", "absent_metric": "higher"}
 
 
@@ -76,10 +76,12 @@ def test_held_out_umap(held_out, tmp_path):
 
 def test_top_deg_violins(held_out, tmp_path):
     control, truth, pred, degs = held_out
-    preds = {"mean_shift": pred, "scgen": pred}
+    # A model named like the control cells (every shipped config has one) gets its own violin.
+    preds = {"control": control, "mean_shift": pred, "scgen": pred}
     fig = plots.top_deg_violins(control, truth, preds, degs[:2], plots.model_colors(MODELS),
                                 "test")
     assert len([ax for ax in fig.axes if ax.get_title() in degs[:2]]) == 2
+    assert len(fig.axes[0].get_xticklabels()) == 2 + len(preds)
     assert_drawn(fig, tmp_path)
 
 

@@ -120,7 +120,7 @@ def standardise(adata: ad.AnnData, spec: dict, name: str) -> ad.AnnData:
         # Fail before QC on a listed group that is absent or lacks cells; QC only removes cells,
         # so the checkpoint's check after QC is the final word.
         choose_held_out_groups(adata, dataset_keys(spec), spec["held_out"],
-                               spec.get("min_cells", 1), name)
+                               spec["min_cells"], name)
     if not adata.var_names.is_unique:
         dups = adata.var_names[adata.var_names.duplicated()].unique()[:5].tolist()
         raise DataError(f"dataset '{name}': duplicated gene names in var_names, e.g. {dups}; "

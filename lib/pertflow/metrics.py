@@ -10,6 +10,7 @@ from scipy import stats
 from scipy.spatial.distance import cdist, pdist
 from sklearn.decomposition import PCA
 
+from pertflow.errors import DataError
 from pertflow.models.base import Keys
 from pertflow.utils import dense
 
@@ -78,6 +79,9 @@ def perturbed_mean(path: str, keys: Keys, genes: pd.Index, chunk_size: int = 500
     try:
         rows = np.flatnonzero((cells.obs[keys.condition] == keys.perturbed).to_numpy())
         columns = cells.var_names.get_indexer(genes)
+        if len(rows) == 0 or (columns < 0).any():
+            raise DataError(f"{path}: no perturbed training cells or genes missing from the "
+                            "truth's; rerun the split (delete the split's directory).")
         total = np.zeros(len(genes))
         for start in range(0, len(rows), chunk_size):
             block = dense(cells[rows[start:start + chunk_size]].X).astype(np.float64)
@@ -132,7 +136,7 @@ def deg_overlap(predicted_degs: list[str], real_degs: list[str]) -> float:
 
 def direction_accuracy(pred: np.ndarray, truth: np.ndarray, control: np.ndarray) -> float:
     """Fraction of genes (columns) whose predicted mean change from control has the sign of the real
-    one; a predicted change of exactly zero counts as wrong."""
+    one; a predicted change of exactly zero counts as wrong where the real change is not zero."""
     reference = control.mean(axis=0)
     return float(np.mean(np.sign(pred.mean(axis=0) - reference)
                          == np.sign(truth.mean(axis=0) - reference)))

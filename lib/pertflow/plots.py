@@ -74,7 +74,7 @@ def held_out_umap(control: ad.AnnData, truth: ad.AnnData, pred: ad.AnnData, titl
     cells = ad.concat({"control": control[:, genes], "real perturbed": truth,
                        "predicted": pred[:, genes]}, label="cells", index_unique="-")
     cells.X = dense(cells.X).astype(np.float32)
-    sc.pp.pca(cells, n_comps=min(n_pcs, *cells.shape) - 1, random_state=seed)
+    sc.pp.pca(cells, n_comps=min(n_pcs, cells.n_obs - 1, cells.n_vars - 1), random_state=seed)
     sc.pp.neighbors(cells, random_state=seed)
     sc.tl.umap(cells, random_state=seed)
     cells.uns["cells_colors"] = [CONTROL_COLOR, REAL_COLOR, matplotlib.colors.to_hex(color)]
@@ -89,8 +89,9 @@ def top_deg_violins(control: ad.AnnData, truth: ad.AnnData, preds: dict[str, ad.
     predicted perturbed cells of one held-out group."""
     import scanpy as sc
 
-    parts = {"control": control[:, genes], "real": truth[:, genes],
-             **{model: pred[:, genes] for model, pred in preds.items()}}
+    # Reference names no model entry can take (configs name a model "control").
+    parts = {"control cells": control[:, genes], "real perturbed": truth[:, genes],
+             **{f"{model} (predicted)": pred[:, genes] for model, pred in preds.items()}}
     cells = ad.concat(parts, label="cells", index_unique="-")
     cells.X = dense(cells.X)
     cells.obs["cells"] = pd.Categorical(cells.obs["cells"], categories=list(parts))
@@ -170,11 +171,13 @@ def metric_heatmaps(metrics: pd.DataFrame, directions: dict[str, str]):
 
 
 def mean_ranks(metrics: pd.DataFrame, directions: dict[str, str]) -> pd.Series:
-    """Each model's rank (1 = best; ties share the mean rank) on every metric and held-out group,
-    from the mean over seeds, averaged over metrics and groups; sorted best first."""
+    """Each model's rank (1 = best; ties share the mean rank; a missing value ranks last) on every
+    metric and held-out group, from the mean over seeds, averaged over metrics and groups; sorted
+    best first."""
     present = present_metrics(metrics, directions)
     means = metrics.groupby(["group", "model"])[list(present)].mean()
-    ranks = pd.concat({name: means[name].groupby("group").rank(ascending=way == "lower")
+    ranks = pd.concat({name: means[name].groupby("group").rank(ascending=way == "lower",
+                                                                  na_option="bottom")
                        for name, way in present.items()}, axis=1)
     return ranks.stack().groupby("model").mean().sort_values().rename("mean rank")
 

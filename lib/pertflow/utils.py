@@ -119,6 +119,8 @@ def clear_stale_snakemake_locks(workdir: str | Path = ".") -> IO:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return handle  # another run is alive here: its locks are real
+    except OSError:
+        return handle  # a filesystem without flock (some Lustre/NFS mounts): clear nothing
     for stale in (state / "locks").glob("*.lock"):
         stale.unlink(missing_ok=True)
     return handle
