@@ -3,16 +3,15 @@
 import json
 
 import anndata as ad
-import pandas as pd
 
 from pertflow.config import dataset_keys
 from pertflow.logs import log_to
-from pertflow.metrics import perturbed_mean, score
+from pertflow.metrics import perturbed_mean, read_degs, score
 from pertflow.utils import atomic_path
 
 with log_to(snakemake.log[0]) as log:
     read = {k: ad.read_h5ad(snakemake.input[k]) for k in ("prediction", "truth", "control")}
-    degs = pd.read_csv(snakemake.input.degs)["names"].astype(str).tolist()
+    degs = read_degs(snakemake.input.degs)
     reference = perturbed_mean(snakemake.input.train, dataset_keys(snakemake.params.spec),
                                read["truth"].var_names)
     result = {**dict(snakemake.wildcards), "seed": snakemake.params.seed,

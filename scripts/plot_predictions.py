@@ -5,9 +5,9 @@ group's control, real and predicted perturbed cells; each as PNG and PDF."""
 from pathlib import Path
 
 import anndata as ad
-import pandas as pd
 
 from pertflow.logs import log_to
+from pertflow.metrics import read_degs
 from pertflow.plots import GENE_STATISTICS, expression_scatter, held_out_umap, model_colors, save
 
 with log_to(snakemake.log[0]) as log:
@@ -17,7 +17,7 @@ with log_to(snakemake.log[0]) as log:
                  snakemake.input.controls, snakemake.input.degs)
     for group, prediction, truth, control, degs in inputs:
         pred, truth = ad.read_h5ad(prediction), ad.read_h5ad(truth)
-        names = pd.read_csv(degs)["names"].astype(str).tolist()
+        names = read_degs(degs)
         title = f"{model}: {group}"
         for statistic, directory in zip(GENE_STATISTICS, (out.mean, out.variance)):
             save(expression_scatter(pred, truth, names, title, statistic),

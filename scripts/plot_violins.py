@@ -4,9 +4,9 @@ first-seed prediction side by side (PNG and PDF per group)."""
 from pathlib import Path
 
 import anndata as ad
-import pandas as pd
 
 from pertflow.logs import log_to
+from pertflow.metrics import read_degs
 from pertflow.plots import model_colors, save, top_deg_violins
 
 with log_to(snakemake.log[0]) as log:
@@ -14,8 +14,7 @@ with log_to(snakemake.log[0]) as log:
     predictions = snakemake.input.predictions  # every group's models, in config order
     out = Path(snakemake.output[0])
     for i, group in enumerate(groups):
-        genes = pd.read_csv(snakemake.input.degs[i])["names"].astype(str)
-        genes = genes.head(snakemake.params.n_genes).tolist()
+        genes = read_degs(snakemake.input.degs[i])[:snakemake.params.n_genes]
         log.info("%s: top DEGs %s", group, genes)
         preds = {model: ad.read_h5ad(path) for model, path in
                  zip(models, predictions[i * len(models):(i + 1) * len(models)])}

@@ -111,6 +111,18 @@ def test_default_workflow_produces_metrics_figures_and_report(tmp_path):
     assert "Nothing to be done" in run(tmp_path, config, "-n").stdout
 
 
+def test_configfile_replaces_the_default_config(tmp_path):
+    """`--configfile` runs that config alone, not merged with config/config.yaml (Snakemake's
+    default would add the default dataset and models to it)."""
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text((ROOT / "config" / "config.yaml").read_text())
+    config = default_config()
+    config["datasets"] = {"other": config["datasets"]["simulated"]}
+    config["models"] = {"control": {}}
+    jobs = run(tmp_path, config, "-n").stdout
+    assert "results/other/" in jobs and "results/simulated" not in jobs
+
+
 @pytest.fixture
 def kang_url(kang_path):
     handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(kang_path.parent))

@@ -44,6 +44,11 @@ def top_degs(truth: ad.AnnData, control: ad.AnnData, n: int = 100) -> pd.DataFra
     return sc.get.rank_genes_groups_df(both, group="perturbed").head(n).reset_index(drop=True)
 
 
+def read_degs(path: str) -> list[str]:
+    """The ranked DEG names of a split's ``degs.csv`` (written from ``top_degs``)."""
+    return pd.read_csv(path)["names"].astype(str).tolist()
+
+
 def r2_of(x: np.ndarray, y: np.ndarray) -> float:
     """scGen's R²: squared Pearson correlation from a least-squares line through (x, y)."""
     return float(stats.linregress(x, y).rvalue ** 2)
