@@ -68,6 +68,8 @@ rule summarise:
         ),
     log:
         "results/{dataset}/logs/summarise.log",
+    benchmark:
+        "results/{dataset}/benchmarks/summarise.tsv"
     conda:
         "../../envs/evaluate.yaml"
     params:
