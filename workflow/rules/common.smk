@@ -69,6 +69,13 @@ def held_out_groups(dataset):
 HOST_HAS_GPU = shutil.which("nvidia-smi") is not None
 
 
+def split_files(name):
+    """Input function: the split file ``name`` of every held-out group, in group order."""
+    return lambda w: expand(
+        f"{SPLIT}/{name}", dataset=w.dataset, group=held_out_groups(w.dataset)
+    )
+
+
 def gpus(wildcards):
     """GPUs a training job holds: the entry's `gpu`, or one for a model that will use CUDA."""
     entry = model_entry(config, wildcards.model)

@@ -90,17 +90,9 @@ rule plot_predictions:
             seed=SEEDS[0],
             allow_missing=True,
         ),
-        truths=lambda w: expand(
-            f"{SPLIT}/truth.h5ad", group=held_out_groups(w.dataset), allow_missing=True
-        ),
-        controls=lambda w: expand(
-            f"{SPLIT}/control.h5ad",
-            group=held_out_groups(w.dataset),
-            allow_missing=True,
-        ),
-        degs=lambda w: expand(
-            f"{SPLIT}/degs.csv", group=held_out_groups(w.dataset), allow_missing=True
-        ),
+        truths=split_files("truth.h5ad"),
+        controls=split_files("control.h5ad"),
+        degs=split_files("degs.csv"),
     output:
         mean=report(
             directory("results/{dataset}/figures/mean_scatter/{model}"),
@@ -150,17 +142,9 @@ rule plot_violins:
             seed=SEEDS[0],
             allow_missing=True,
         ),
-        truths=lambda w: expand(
-            f"{SPLIT}/truth.h5ad", group=held_out_groups(w.dataset), allow_missing=True
-        ),
-        controls=lambda w: expand(
-            f"{SPLIT}/control.h5ad",
-            group=held_out_groups(w.dataset),
-            allow_missing=True,
-        ),
-        degs=lambda w: expand(
-            f"{SPLIT}/degs.csv", group=held_out_groups(w.dataset), allow_missing=True
-        ),
+        truths=split_files("truth.h5ad"),
+        controls=split_files("control.h5ad"),
+        degs=split_files("degs.csv"),
     output:
         report(
             directory("results/{dataset}/figures/violin"),
