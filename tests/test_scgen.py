@@ -11,7 +11,8 @@ import torch
 
 from pertflow.metrics import r2_mean, top_degs
 from pertflow.models import Keys, get_model_class
-from pertflow.models.scgen import VAE, SparseRows, as_csr, latent_delta, lr_factor
+from pertflow.models.scgen import (VAE, ArithmeticCheck, SparseRows, as_csr, latent_delta,
+                                   lr_factor)
 from pertflow.splits import split
 
 # Small and quick: the simulated set has 300 genes, so a narrow network trains in seconds.
@@ -31,7 +32,8 @@ def test_loss_decreases(small_sim, keys):
     parts = held_out(small_sim, keys)
     model = get_model_class("scgen")(keys).fit(parts["train"], {**FAST, "max_epochs": 8}, seed=0)
     history = model.history
-    assert list(history.columns) == ["epoch", "train_loss", "val_loss", "lr", "seconds"]
+    assert list(history.columns) == ["epoch", "train_loss", "val_loss", "arithmetic_r2", "lr",
+                                     "seconds"]
     assert len(history) == 8
     assert history.train_loss.iloc[-1] < 0.7 * history.train_loss.iloc[0]
     assert history.val_loss.iloc[-1] < history.val_loss.iloc[0]
@@ -123,9 +125,86 @@ def test_options_train(small_sim, keys, option):
 
 def test_early_stopping_stops(small_sim, keys):
     parts = held_out(small_sim, keys)
-    params = {**FAST, "max_epochs": 200, "patience": 1, "lr": 0.05}
+    params = {**FAST, "max_epochs": 200, "patience": 1, "min_epochs": 1, "lr": 0.05}
     model = get_model_class("scgen")(keys).fit(parts["train"], params, seed=0)
     assert len(model.history) < 200
+
+
+def identity_vae(n_genes: int, offset: float = 10.0) -> VAE:
+    """A VAE whose encoder mean and decoder are both the identity on non-negative values: every
+    linear map is I, and the decoder's hidden layer works on z + offset so LeakyReLU passes it."""
+    vae = VAE(n_genes, n_genes, n_genes, 1, 0.0, "none").eval()
+    eye = torch.eye(n_genes)
+    with torch.no_grad():
+        vae.input_layer.weight.copy_(eye)
+        vae.input_layer.bias.zero_()
+        for linear, bias in ((vae.latent_mean, 0.0), (vae.decoder[0], offset),
+                             (vae.decoder[-1], -offset)):
+            linear.weight.copy_(eye)
+            linear.bias.fill_(bias)
+    return vae
+
+
+def test_arithmetic_check_leaves_each_group_out():
+    """With an identity VAE the check is plain gene-space arithmetic, so it can be recomputed:
+    each group's controls + the mean shift of the *other* groups, scored on its top genes."""
+    rng = np.random.default_rng(0)
+    n_genes, groups, condition, rows = 12, [], [], []
+    shifts = {"a": 1.0, "b": 2.0, "c": 4.0}
+    for group, shift in shifts.items():
+        for label, add in (("ctrl", 0.0), ("stim", shift)):
+            cells = rng.gamma(2.0, 1.0, size=(20, n_genes))
+            cells[:, :4] += add * np.arange(1, 5)  # the response: genes 0-3
+            rows.append(cells)
+            groups += [group] * 20
+            condition += [label] * 20
+    X = sp.csr_matrix(np.vstack(rows).astype(np.float32))
+    groups, condition = np.array(groups), np.array(condition)
+    check = ArithmeticCheck(X, condition, groups, "ctrl", "stim", rng, n_genes=6)
+    assert check.usable and len(check.groups) == 3
+
+    dense_X = X.toarray()
+    mean = {(g, c): dense_X[(groups == g) & (condition == c)].mean(0)
+            for g in shifts for c in ("ctrl", "stim")}
+    expected = []
+    for group in shifts:
+        others = [g for g in shifts if g != group]
+        delta = np.mean([mean[g, "stim"] - mean[g, "ctrl"] for g in others], axis=0)
+        change = np.abs(mean[group, "stim"] - mean[group, "ctrl"])
+        top = np.argsort(-change, kind="stable")[:6]
+        predicted, real = (mean[group, "ctrl"] + delta)[top], mean[group, "stim"][top]
+        expected.append(np.corrcoef(predicted, real)[0, 1] ** 2)
+    score = check(identity_vae(n_genes), X, torch.device("cpu"))
+    assert score == pytest.approx(np.mean(expected), rel=1e-4)
+    assert score < 0.999  # the groups' responses differ in size, so leaving one out costs
+
+
+def test_arithmetic_check_needs_two_groups_with_both_conditions(small_sim, keys, caplog):
+    parts = held_out(small_sim, keys)
+    train = parts["train"]
+    first = sorted(train.obs[keys.group].unique())[1]
+    only_one = train[(train.obs[keys.condition] == keys.control).to_numpy()
+                     | (train.obs[keys.group] == first).to_numpy()].copy()
+    with caplog.at_level("WARNING"):
+        model = get_model_class("scgen")(keys).fit(only_one, FAST, seed=0)
+    assert "validation loss is watched instead" in caplog.text
+    assert model.history.arithmetic_r2.isna().all()
+
+
+def test_restore_best_keeps_the_best_arithmetic_epoch(small_sim, keys):
+    parts = held_out(small_sim, keys)
+    train = parts["train"]
+    model = get_model_class("scgen")(keys).fit(train, {**FAST, "max_epochs": 3, "lr": 0.02,
+                                                          "lr_schedule": "constant"}, seed=0)
+    history = model.history
+    assert history.arithmetic_r2.notna().all()
+    assert history.arithmetic_r2.idxmax() != len(history) - 1  # else restoring changes nothing
+    k = keys
+    check = ArithmeticCheck(as_csr(train.X), train.obs[k.condition].to_numpy(),
+                            train.obs[k.group].to_numpy(), k.control, k.perturbed,
+                            np.random.default_rng(0))
+    assert check(model.vae, as_csr(train.X), torch.device("cpu")) == pytest.approx(
+        history.arithmetic_r2.max(), abs=1e-6)
 
 
 def test_unknown_choice_is_a_clear_error(small_sim, keys):

@@ -12,7 +12,7 @@ from sklearn.decomposition import PCA
 
 from pertflow.errors import DataError
 from pertflow.models.base import Keys
-from pertflow.utils import dense
+from pertflow.utils import dense, r2_of
 
 # Every metric column of the tidy table, in display order, with the direction that is better.
 # The "_top100" names are fixed column names: the number of DEGs they use is the config value
@@ -47,11 +47,6 @@ def top_degs(truth: ad.AnnData, control: ad.AnnData, n: int = 100) -> pd.DataFra
 def read_degs(path: str) -> list[str]:
     """The ranked DEG names of a split's ``degs.csv`` (written from ``top_degs``)."""
     return pd.read_csv(path)["names"].astype(str).tolist()
-
-
-def r2_of(x: np.ndarray, y: np.ndarray) -> float:
-    """scGen's R²: squared Pearson correlation from a least-squares line through (x, y)."""
-    return float(stats.linregress(x, y).rvalue ** 2)
 
 
 def r2_mean(pred: np.ndarray, truth: np.ndarray) -> float:
