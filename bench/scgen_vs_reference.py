@@ -108,7 +108,8 @@ def speed(adata: ad.AnnData, group: str, epochs: int, batch_size: int, seeds: li
     print(f"\n== speed and accuracy: {group} held out, batch {batch_size}, {epochs} epochs, "
           f"no early stopping, {torch.get_num_threads()} torch threads, seeds {seeds} ==")
     params = {"batch_size": batch_size, "max_epochs": epochs, "patience": None,
-              "lr_schedule": "constant", "restore_best": False, "device": "cpu"}
+              "lr_schedule": "constant", "restore_best": False, "stop_on": "validation_loss",
+              "device": "cpu"}
     results = {"ours": []}
     for seed in seeds:
         model, seconds = train_ours(train, params, seed)
@@ -141,7 +142,7 @@ def defaults(adata: ad.AnnData, groups: list[str]) -> None:
     baselines = {"mean_shift": ("mean_shift", {}),
                  "mean_shift_bal": ("mean_shift", {"balanced": True}),
                  "pca_shift": ("pca_shift", {})}
-    header = f"{'held out':<12} {'scgen all/top100':>17} {'s':>6} {'epochs':>6}"
+    header = f"{'held out':<12} {'scgen all/top100':>17} {'s':>6} {'epochs':>6} {'kept':>4}"
     header += "".join(f" {name + ' all/top100':>25}" for name in baselines)
     print(header)
     for group in groups:
@@ -149,7 +150,8 @@ def defaults(adata: ad.AnnData, groups: list[str]) -> None:
         score = Scorer(control, truth)
         model, seconds = train_ours(train, {})
         line = f"{group:<12} {'%.3f / %.3f' % score(model.predict(control)):>17} "
-        line += f"{seconds:6.1f} {len(model.history):6d}"
+        kept = model.history.epoch[model.history.arithmetic_r2.idxmax()]
+        line += f"{seconds:6.1f} {len(model.history):6d} {kept:4d}"
         for name, params in baselines.values():
             baseline = get_model_class(name)(KEYS).fit(train, params, 0)
             line += f" {'%.3f / %.3f' % score(baseline.predict(control)):>25}"

@@ -305,7 +305,7 @@ class ScGen(Model):
         "weight_decay": 1e-6,
         "max_epochs": 80,
         "validation_fraction": 0.1,
-        "stop_on": "arithmetic",    # arithmetic | validation_loss: watched by patience, restore_best
+        "stop_on": "arithmetic",    # arithmetic | validation_loss, for patience and restore_best
         "patience": 20,             # epochs without a better score; None: never stop
         "min_epochs": 40,           # no early stop before (the arithmetic dips around epoch 10-25)
         "restore_best": True,       # end with the weights of the best-scoring epoch
@@ -381,7 +381,7 @@ class ScGen(Model):
             train_loss = train_epoch(self.vae, X, train_rows, p, optimizer, generator,
                                      self.device)
             val_loss = eval_loss(self.vae, X, val_rows, p, self.device) if n_val else math.nan
-            arithmetic = check(self.vae, X, self.device) if check.usable else math.nan
+            arithmetic = check(self.vae, X, self.device) if stop_on == "arithmetic" else math.nan
             schedule.step()
             seconds = time.perf_counter() - started
             rows.append((epoch, train_loss, val_loss, arithmetic, lr, seconds))
