@@ -150,8 +150,7 @@ def defaults(adata: ad.AnnData, groups: list[str]) -> None:
         score = Scorer(control, truth)
         model, seconds = train_ours(train, {})
         line = f"{group:<12} {'%.3f / %.3f' % score(model.predict(control)):>17} "
-        kept = model.history.epoch[model.history.arithmetic_r2.idxmax()]
-        line += f"{seconds:6.1f} {len(model.history):6d} {kept:4d}"
+        line += f"{seconds:6.1f} {len(model.history):6d} {model.kept_epoch:4d}"
         for name, params in baselines.values():
             baseline = get_model_class(name)(KEYS).fit(train, params, 0)
             line += f" {'%.3f / %.3f' % score(baseline.predict(control)):>25}"

@@ -194,11 +194,12 @@ def test_arithmetic_check_needs_two_groups_with_both_conditions(small_sim, keys,
 def test_restore_best_keeps_the_best_arithmetic_epoch(small_sim, keys):
     parts = held_out(small_sim, keys)
     train = parts["train"]
-    model = get_model_class("scgen")(keys).fit(train, {**FAST, "max_epochs": 3, "lr": 0.02,
-                                                          "lr_schedule": "constant"}, seed=0)
+    params = {**FAST, "max_epochs": 3, "min_epochs": 1, "lr": 0.02, "lr_schedule": "constant"}
+    model = get_model_class("scgen")(keys).fit(train, params, seed=0)
     history = model.history
     assert history.arithmetic_r2.notna().all()
     assert history.arithmetic_r2.idxmax() != len(history) - 1  # else restoring changes nothing
+    assert model.kept_epoch == history.epoch[history.arithmetic_r2.idxmax()]
     k = keys
     check = ArithmeticCheck(as_csr(train.X), train.obs[k.condition].to_numpy(),
                             train.obs[k.group].to_numpy(), k.control, k.perturbed,

@@ -307,7 +307,7 @@ class ScGen(Model):
         "validation_fraction": 0.1,
         "stop_on": "arithmetic",    # arithmetic | validation_loss, for patience and restore_best
         "patience": 20,             # epochs without a better score; None: never stop
-        "min_epochs": 40,           # no early stop before (the arithmetic dips around epoch 10-25)
+        "min_epochs": 40,           # epochs trained before one is kept or stopping starts
         "restore_best": True,       # end with the weights of the best-scoring epoch
         # prediction
         "restrict_arithmetic_to": None,  # list of groups for delta; None: all groups
@@ -387,21 +387,22 @@ class ScGen(Model):
             rows.append((epoch, train_loss, val_loss, arithmetic, lr, seconds))
             log.info("epoch %d: train loss %.4f, validation loss %.4f, arithmetic R² %.4f, "
                      "lr %.2e, %.2f s", epoch, train_loss, val_loss, arithmetic, lr, seconds)
-            if stop_on is None:
+            if stop_on is None or epoch < p["min_epochs"]:
                 continue
             score = arithmetic if stop_on == "arithmetic" else -val_loss
             if score > best_score:
                 best_score, best_epoch = score, epoch
                 if p["restore_best"]:
                     best_state = copy.deepcopy(self.vae.state_dict())
-            if (p["patience"] is not None and epoch >= p["min_epochs"]
-                    and epoch - best_epoch >= p["patience"]):
+            if p["patience"] is not None and epoch - best_epoch >= p["patience"]:
                 log.info("early stop at epoch %d: best %s at epoch %d", epoch, stop_on,
                          best_epoch)
                 break
+        self.kept_epoch = epoch
         if best_state is not None:
             log.info("restoring the weights of epoch %d (best %s)", best_epoch, stop_on)
             self.vae.load_state_dict(best_state)
+            self.kept_epoch = best_epoch
         self.history = pd.DataFrame(rows, columns=["epoch", "train_loss", "val_loss",
                                                    "arithmetic_r2", "lr", "seconds"])
 
