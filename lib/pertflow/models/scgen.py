@@ -190,6 +190,7 @@ def latent_means(vae: VAE, X: sp.csr_matrix, device: torch.device,
 def decode_genes(vae: VAE, z: torch.Tensor, genes: torch.Tensor) -> torch.Tensor:
     """The decoder's output for some genes only: the hidden layers, then just those rows of the
     output layer (a fraction of a full decode when few genes are asked for)."""
+    vae.eval()
     output = vae.decoder[-1]
     return F.linear(vae.decoder[:-1](z), output.weight[genes], output.bias[genes])
 
@@ -360,15 +361,16 @@ class ScGen(Model):
         shuffled = rng.permutation(X.shape[0])
         n_val = int(round(p["validation_fraction"] * X.shape[0]))
         val_rows, train_rows = np.sort(shuffled[:n_val]), shuffled[n_val:]
-        check = ArithmeticCheck(X, condition, groups, k.control, k.perturbed, rng)
-        stop_on = p["stop_on"]
-        if stop_on == "arithmetic" and not check.usable:
-            log.warning("scgen: stop_on: arithmetic needs two training groups with both "
-                        "conditions; %d here, so the validation loss is watched instead",
-                        len(check.groups))
-            stop_on = "validation_loss"
-        if stop_on == "validation_loss" and not n_val:
-            stop_on = None  # nothing to watch: train for max_epochs
+        check = None
+        if p["stop_on"] == "arithmetic":
+            check = ArithmeticCheck(X, condition, groups, k.control, k.perturbed, rng)
+            if not check.usable:
+                log.warning("scgen: stop_on: arithmetic needs two training groups with both "
+                            "conditions; %d here, so the validation loss is watched instead",
+                            len(check.groups))
+                check = None
+        # what patience and restore_best watch; None: nothing to watch, train for max_epochs
+        stop_on = "arithmetic" if check is not None else "validation_loss" if n_val else None
 
         self.vae = self._build(X.shape[1])
         optimizer = torch.optim.Adam(self.vae.parameters(), lr=p["lr"], eps=p["adam_eps"],
@@ -383,7 +385,7 @@ class ScGen(Model):
             train_loss = train_epoch(self.vae, X, train_rows, p, optimizer, generator,
                                      self.device)
             val_loss = eval_loss(self.vae, X, val_rows, p, self.device) if n_val else math.nan
-            arithmetic = check(self.vae, X, self.device) if stop_on == "arithmetic" else math.nan
+            arithmetic = check(self.vae, X, self.device) if check is not None else math.nan
             schedule.step()
             seconds = time.perf_counter() - started
             rows.append((epoch, train_loss, val_loss, arithmetic, lr, seconds))
