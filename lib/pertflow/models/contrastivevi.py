@@ -43,7 +43,7 @@ from torch.distributions import constraints
 from pertflow.errors import ConfigError, DataError
 from pertflow.models.base import Model, register
 from pertflow.preprocess import check_counts
-from pertflow.torch_utils import resolve_device, seed_everything
+from pertflow.torch_utils import resolve_device, reuse_freed_memory, seed_everything
 from pertflow.utils import balanced_indices, dense
 
 log = logging.getLogger(__name__)
@@ -374,6 +374,7 @@ class ContrastiveVI(Model):
         covariates = self._covariates(train)
         self.device = resolve_device(p["device"])
         seed_everything(self.seed)
+        reuse_freed_memory()
         rng = np.random.default_rng(self.seed)
 
         control_train, control_val = _hold_back(np.flatnonzero(is_control),

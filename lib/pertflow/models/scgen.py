@@ -37,7 +37,7 @@ from torch import nn
 
 from pertflow.errors import ConfigError
 from pertflow.models.base import Model, register
-from pertflow.torch_utils import resolve_device, seed_everything
+from pertflow.torch_utils import resolve_device, reuse_freed_memory, seed_everything
 from pertflow.utils import balanced_indices, r2_of
 
 log = logging.getLogger(__name__)
@@ -353,6 +353,7 @@ class ScGen(Model):
         self._check()
         p, k = self.params, self.keys
         generator = seed_everything(self.seed)
+        reuse_freed_memory()
         rng = np.random.default_rng(self.seed)
         self.device = resolve_device(p["device"])
         X = as_csr(train.X)

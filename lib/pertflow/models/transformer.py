@@ -42,7 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pertflow.models.base import Model, register
-from pertflow.torch_utils import resolve_device, seed_everything
+from pertflow.torch_utils import resolve_device, reuse_freed_memory, seed_everything
 from pertflow.utils import dense
 
 log = logging.getLogger(__name__)
@@ -208,6 +208,7 @@ class Transformer(Model):
         p, k = self.params, self.keys
         self.device = resolve_device(p["device"])
         seed_everything(self.seed)
+        reuse_freed_memory()
         rng = np.random.default_rng(self.seed)
         self.genes = list(train.var_names)
         self._build_network()
