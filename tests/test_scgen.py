@@ -90,6 +90,19 @@ def test_balancing_and_delta_on_a_hand_made_latent():
         latent_delta(latent, condition, groups, "c", "p", rng, restrict_to=["C"])
 
 
+def test_paired_delta_leaves_out_groups_without_perturbed_cells():
+    # As above, plus group C, the held-out one: controls at 1000 and no perturbed cells.
+    latent = np.array([0, 0, 0, 0, 10, 100, 104, 104, 1000, 1000], float)[:, None]
+    condition = np.array(["c", "c", "c", "c", "p", "c", "p", "p", "c", "c"])
+    groups = np.array(["A", "A", "A", "A", "A", "B", "B", "B", "C", "C"])
+    rng = np.random.default_rng(0)
+    paired = latent_delta(latent, condition, groups, "c", "p", rng, paired=True)
+    np.testing.assert_allclose(paired, [7.0])  # the mean of A's and B's shifts
+    # The reference's: C's controls join the control mean, (10 + 104) / 2 − (0 + 100 + 1000) / 3
+    every = latent_delta(latent, condition, groups, "c", "p", rng)
+    np.testing.assert_allclose(every, [57 - 1100 / 3])
+
+
 def test_restrict_arithmetic_to_changes_delta(small_sim, keys):
     parts = held_out(small_sim, keys)
     other = sorted(parts["train"].obs[keys.group].unique())[-1]
@@ -114,7 +127,8 @@ def test_sparse_and_dense_input_give_the_same_loss(small_sim):
     torch.testing.assert_close(sparse_first, dense_first, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("option", [{"norm": "layer"}, {"norm": "none"}, {"recon_loss": "l1"}])
+@pytest.mark.parametrize("option", [{"norm": "layer"}, {"norm": "none"}, {"recon_loss": "l1"},
+                                    {"delta_groups": "all"}])
 def test_options_train(small_sim, keys, option):
     parts = held_out(small_sim, keys)
     model = get_model_class("scgen")(keys).fit(parts["train"], {**FAST, **option,

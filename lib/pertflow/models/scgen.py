@@ -9,9 +9,15 @@ architecture (LeakyReLU, BatchNorm momentum 0.01 / eps 1e-3, variance = exp(·) 
 0.5·MSE_sum + 0.5·kl_weight·KL averaged over cells, Adam with scvi's eps=0.01 and weight decay
 1e-6, a 10% validation split, the balancing and the arithmetic. The decoder is the reference's
 DecoderSCGEN: latent → n_hidden × n_layers (Linear, BatchNorm, LeakyReLU, dropout) → a plain
-Linear to the genes, with no output activation. One deliberate difference: early stopping and
-the choice of the final weights watch a leave-one-group-out test of the arithmetic on the
-training groups (``ArithmeticCheck``), not scvi's ELBO (see ``_fit``).
+Linear to the genes, with no output activation. Two deliberate differences:
+
+- early stopping and the choice of the final weights watch a leave-one-group-out test of the
+  arithmetic on the training groups (``ArithmeticCheck``), not scvi's ELBO (see ``_fit``);
+- delta is taken over the groups with training cells in both conditions (``delta_groups:
+  paired``). The reference (``all``) averages every training control, the held-out group's
+  included, but that group has no perturbed cells to balance them: with n groups its delta is
+  the mean shift plus 1/n of (other groups' control mean − held-out control mean), a pull of
+  the prediction toward the other cell types.
 
 Speed comes from a plain loop instead of a framework: minibatches are row slices of one CSR
 matrix, the first layer reads the sparse rows directly (``F.embedding_bag``: each cell sums the
@@ -213,12 +219,16 @@ def lr_factor(epoch: int, max_epochs: int, schedule: str, final: float) -> float
 
 
 def latent_delta(latent: np.ndarray, condition: np.ndarray, groups: np.ndarray, control: str,
-                 perturbed: str, rng: np.random.Generator,
-                 restrict_to: list[str] | None = None) -> np.ndarray:
+                 perturbed: str, rng: np.random.Generator, restrict_to: list[str] | None = None,
+                 paired: bool = False) -> np.ndarray:
     """Mean latent of perturbed minus control cells. With more than one group present, every group
     is first resampled to the largest group's size (per condition), so abundant cell types do not
-    dominate the vector; ``restrict_to`` uses only the listed groups."""
+    dominate the vector; ``restrict_to`` uses only the listed groups; ``paired`` only the groups
+    with cells in both conditions."""
     keep = np.ones(len(groups), bool) if restrict_to is None else np.isin(groups, restrict_to)
+    if paired:
+        present = [set(groups[keep & (condition == label)]) for label in (control, perturbed)]
+        keep &= np.isin(groups, list(present[0] & present[1]))
     means = {}
     for label in (perturbed, control):
         rows = np.flatnonzero(keep & (condition == label))
@@ -311,6 +321,7 @@ class ScGen(Model):
         "min_epochs": 40,           # epochs trained before one is kept or stopping starts
         "restore_best": True,       # end with the weights of the best-scoring epoch
         # prediction
+        "delta_groups": "paired",   # paired | all: see latent_delta and _fit
         "restrict_arithmetic_to": None,  # list of groups for delta; None: all groups
         "device": "auto",           # auto | cpu | cuda
     }
@@ -318,7 +329,8 @@ class ScGen(Model):
     def _check(self) -> None:
         p = self.params
         choices = {"recon_loss": ("mse", "l1"), "lr_schedule": ("constant", "cosine"),
-                   "norm": ("batch", "layer", "none"), "stop_on": ("arithmetic", "validation_loss")}
+                   "norm": ("batch", "layer", "none"), "stop_on": ("arithmetic", "validation_loss"),
+                   "delta_groups": ("paired", "all")}
         for key, allowed in choices.items():
             if p[key] not in allowed:
                 raise ConfigError(f"scgen: {key} must be one of {allowed}, not {p[key]!r}")
@@ -413,7 +425,7 @@ class ScGen(Model):
 
         latent = latent_means(self.vae, X, self.device)
         self.delta = latent_delta(latent, condition, groups, k.control, k.perturbed, rng,
-                                  p["restrict_arithmetic_to"])
+                                  p["restrict_arithmetic_to"], p["delta_groups"] == "paired")
 
     def predict(self, control_cells: ad.AnnData) -> ad.AnnData:
         latent = latent_means(self.vae, as_csr(control_cells.X), self.device)
