@@ -321,7 +321,7 @@ class ScGen(Model):
         "min_epochs": 40,           # epochs trained before one is kept or stopping starts
         "restore_best": True,       # end with the weights of the best-scoring epoch
         # prediction
-        "delta_groups": "paired",   # paired | all: see latent_delta and _fit
+        "delta_groups": "paired",   # paired | all (the reference): see the module docstring
         "restrict_arithmetic_to": None,  # list of groups for delta; None: all groups
         "device": "auto",           # auto | cpu | cuda
     }
