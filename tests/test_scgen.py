@@ -101,6 +101,8 @@ def test_paired_delta_leaves_out_groups_without_perturbed_cells():
     # The reference's: C's controls join the control mean, (10 + 104) / 2 − (0 + 100 + 1000) / 3
     every = latent_delta(latent, condition, groups, "c", "p", rng)
     np.testing.assert_allclose(every, [57 - 1100 / 3])
+    with pytest.raises(Exception, match="both conditions.*delta_groups"):
+        latent_delta(latent, condition, groups, "c", "p", rng, restrict_to=["C"], paired=True)
 
 
 def test_restrict_arithmetic_to_changes_delta(small_sim, keys):

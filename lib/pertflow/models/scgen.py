@@ -233,8 +233,10 @@ def latent_delta(latent: np.ndarray, condition: np.ndarray, groups: np.ndarray, 
     for label in (perturbed, control):
         rows = np.flatnonzero(keep & (condition == label))
         if len(rows) == 0:
+            which = "with both conditions " if paired else ""
             raise ConfigError(f"scgen: no training cells with condition {label!r} in groups "
-                              f"{restrict_to or 'all'}; check restrict_arithmetic_to.")
+                              f"{which}among {restrict_to or 'all'}; check "
+                              "restrict_arithmetic_to (and delta_groups: all uses every group).")
         if len(np.unique(groups[rows])) > 1:
             rows = rows[balanced_indices(groups[rows], rng)]
         means[label] = latent[rows].mean(axis=0)
