@@ -22,7 +22,17 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def seed_everything(seed: int) -> torch.Generator:
-    """Seed python, numpy and torch; return a CPU generator for data-order sampling."""
+    """Seed python, numpy and torch; return a CPU generator for data-order sampling.
+
+    It also makes one small call to torch.exp. On CPU torch computes exp, log, sqrt, ... of
+    large float tensors with MKL's vector-math library, in chunks on several threads, and that
+    library picks its code path on its first call in a process. When two threads make that first
+    call together, one of them now and then (7 processes in 80 here, 2 threads) computes its
+    chunk with a low-accuracy path (relative error up to 1.5e-4 instead of 6e-8), and a training
+    run that starts from it ends far from its seed's other runs. A call below torch's parallel
+    grain runs on one thread and settles the choice first (0 in 160).
+    """
+    torch.exp(torch.zeros(8))
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
