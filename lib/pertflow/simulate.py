@@ -1,12 +1,20 @@
 """A seeded simulation of a Kang-like stimulation experiment with raw counts and known truth.
 
 Generative story (log-rate space, then gamma-Poisson counts):
-  base gene level + cell-type markers + donor effect + cell-cycle program (both conditions)
-  + for stimulated cells: a shared interferon-like module scaled by a per-type strength
-    and a handful of response genes specific to each type.
-Because the response differs by type in strength and in genes, a single gene-space shift is not
-the optimal predictor. A few mitochondrial genes and some damaged (high-MT) cells exercise QC.
-The true per-type log-fold change of the expected expression is stored in ``uns['simulation']``.
+  base gene level + lineage markers + cell-type markers + donor effect + cell-cycle program
+  (both conditions); cell types belong to blood-like lineages (lymphoid, myeloid)
+  + for stimulated cells, with ``response_sharing: lineage`` (default): a shared interferon-like
+    module scaled by a strength that is similar within a lineage and differs between lineages,
+    a lineage response programme (the same genes, similar sign and size, in every type of the
+    lineage) and a few smaller response genes specific to each type;
+    with ``response_sharing: independent``: each type's response drawn independently of every
+    other type's (the interferon-like genes respond in all types, but with each type's own signs
+    and sizes; no lineage programme), so transferring another group's response only hurts.
+Interferon-stimulated genes are low at rest.
+In lineage mode a held-out type responds most like the types whose controls resemble it, so a
+single gene-space shift is not the optimal predictor. A few mitochondrial genes and some damaged
+(high-MT) cells exercise QC. The true per-type log-fold change of the expected expression, the
+lineages and the interferon strengths are stored in ``uns['simulation']``.
 """
 
 from __future__ import annotations
@@ -23,6 +31,9 @@ DEFAULTS = {
     "n_donors": 2,
     "n_ifn_genes": 60,
     "n_specific_response_genes": 15,
+    "n_lineage_marker_genes": 30,
+    "n_lineage_response_genes": 30,
+    "response_sharing": "lineage",  # or "independent"
     "n_cell_cycle_genes": 40,
     "n_mito_genes": 8,
     "mean_library_size": 2000.0,
@@ -31,6 +42,11 @@ DEFAULTS = {
     "seed": 0,
 }
 TYPE_NAMES = ["T-helper", "Monocyte", "B", "T-cytotoxic", "NK", "Dendritic", "Megakaryocyte"]
+# TYPE_NAMES is ordered so that both lineages are present from 2 types on, with two types or
+# more each from 6 types on.
+LINEAGE = {"T-helper": "lymphoid", "B": "lymphoid", "T-cytotoxic": "lymphoid", "NK": "lymphoid",
+           "Monocyte": "myeloid", "Dendritic": "myeloid", "Megakaryocyte": "myeloid"}
+RESPONSE_SHARING = ("lineage", "independent")
 
 
 def simulate(**params) -> ad.AnnData:
@@ -40,15 +56,20 @@ def simulate(**params) -> ad.AnnData:
         raise ValueError(f"unknown simulation parameter(s) {sorted(unknown)}; "
                          f"known: {sorted(DEFAULTS)}")
     p = {**DEFAULTS, **params}
+    if p["response_sharing"] not in RESPONSE_SHARING:
+        raise ValueError(f"response_sharing must be one of {list(RESPONSE_SHARING)}, "
+                         f"not {p['response_sharing']!r}")
     if not 2 <= p["n_cell_types"] <= len(TYPE_NAMES):
         raise ValueError(f"n_cell_types must be between 2 and {len(TYPE_NAMES)}")
     rng = np.random.default_rng(p["seed"])
     n_cells, n_genes, n_types = p["n_cells"], p["n_genes"], p["n_cell_types"]
     types = TYPE_NAMES[:n_types]
+    lineage_names = sorted({LINEAGE[t] for t in types})
+    lineage = np.array([lineage_names.index(LINEAGE[t]) for t in types])
 
     # Gene roles, laid out in blocks so the truth is easy to read.
     n_mt, n_ifn, n_cc = p["n_mito_genes"], p["n_ifn_genes"], p["n_cell_cycle_genes"]
-    n_spec = p["n_specific_response_genes"]
+    n_spec, n_lin_resp = p["n_specific_response_genes"], p["n_lineage_response_genes"]
     gene_names = [f"MT-{i}" for i in range(n_mt)] + [f"ISG{i}" for i in range(n_ifn)] \
         + [f"CC{i}" for i in range(n_cc)]
     gene_names += [f"G{i}" for i in range(n_genes - len(gene_names))]
@@ -56,7 +77,7 @@ def simulate(**params) -> ad.AnnData:
     cc = np.arange(n_mt + n_ifn, n_mt + n_ifn + n_cc)
     other = np.arange(n_mt + n_ifn + n_cc, n_genes)
 
-    # Unequal cell-type sizes and a per-type interferon response strength.
+    # Unequal cell-type sizes.
     proportions = rng.dirichlet(np.full(n_types, 2.0))
     proportions = np.sort(np.maximum(proportions, 0.04))[::-1]
     proportions /= proportions.sum()
@@ -66,18 +87,49 @@ def simulate(**params) -> ad.AnnData:
 
     base = rng.normal(-9.0, 1.3, size=n_genes)  # log proportion of the library per gene
     base[mt] = rng.normal(-6.0, 0.3, size=n_mt)
+    base[ifn] = rng.normal(-10.0, 0.8, size=n_ifn)  # interferon-stimulated genes: low at rest
+    # Markers: a block shared by the types of a lineage, and each type's own.
     markers = np.zeros((n_types, n_genes))
+    n_lin_mark = min(p["n_lineage_marker_genes"], len(other))
+    for lin in range(len(lineage_names)):
+        genes = rng.choice(other, size=n_lin_mark, replace=False)
+        markers[np.ix_(lineage == lin, genes)] += rng.uniform(1.0, 2.5, size=n_lin_mark)
     for t in range(n_types):
         genes = rng.choice(other, size=25, replace=False)
-        markers[t, genes] = rng.uniform(1.0, 3.0, size=25)
-    # Interferon module: loading per gene, strength per type (shared direction, unequal size).
-    ifn_loading = rng.uniform(0.8, 2.5, size=n_ifn)
-    ifn_strength = np.linspace(1.6, 0.4, n_types)[rng.permutation(n_types)]
+        markers[t, genes] += rng.uniform(1.0, 3.0, size=25)
+
     response = np.zeros((n_types, n_genes))
-    response[:, ifn] = ifn_strength[:, None] * ifn_loading[None, :]
-    for t in range(n_types):  # genes that respond in one type only, up or down
+    if p["response_sharing"] == "lineage":
+        # Interferon module: every gene goes up in every type (shared direction), with a loading
+        # per gene flavoured per lineage, and a strength per type: one lineage strong, the
+        # other weak, types of a lineage alike.
+        ifn_loading = rng.uniform(0.8, 2.5, size=n_ifn) \
+            * rng.uniform(0.5, 1.5, size=(len(lineage_names), n_ifn))
+        levels = rng.permutation([rng.uniform(1.2, 1.7), rng.uniform(0.4, 0.7)])
+        ifn_strength = levels[lineage] * rng.uniform(0.9, 1.1, size=n_types)
+        response[:, ifn] = ifn_strength[:, None] * ifn_loading[lineage] \
+            * rng.uniform(0.8, 1.25, size=(n_types, n_ifn))
+        # Lineage response programme: the same genes, sign and rough size in each of its types.
+        n_lin_resp = min(n_lin_resp, len(other))
+        for lin in range(len(lineage_names)):
+            genes = rng.choice(other, size=n_lin_resp, replace=False)
+            effect = rng.choice([-1.0, 1.0], size=n_lin_resp) * rng.uniform(1.0, 2.0, n_lin_resp)
+            for t in np.flatnonzero(lineage == lin):
+                response[t, genes] += effect * rng.uniform(0.6, 1.4, size=n_lin_resp)
+        spec_size = (0.7, 1.6)
+    else:
+        # No shared module: the interferon-like genes respond in every type, but each type with
+        # its own signs and sizes, and each type has as many response genes of its own as a
+        # lineage-mode type has (lineage programme and specific genes).
+        ifn_strength = np.zeros(n_types)
+        response[:, ifn] = rng.choice([-1.0, 1.0], size=(n_types, n_ifn)) \
+            * rng.uniform(0.8, 2.5, size=(n_types, n_ifn))
+        n_spec += n_lin_resp
+        spec_size = (0.8, 2.0)
+    n_spec = min(n_spec, len(other))
+    for t in range(n_types):  # each type's own response genes, up or down
         genes = rng.choice(other, size=n_spec, replace=False)
-        response[t, genes] += rng.choice([-1.0, 1.0], size=n_spec) * rng.uniform(1.0, 2.0, n_spec)
+        response[t, genes] += rng.choice([-1.0, 1.0], size=n_spec) * rng.uniform(*spec_size, n_spec)
     donor_effect = np.zeros((p["n_donors"], n_genes))
     for d in range(p["n_donors"]):
         genes = rng.choice(other, size=50, replace=False)
@@ -122,13 +174,17 @@ def simulate(**params) -> ad.AnnData:
     obs = pd.DataFrame({
         "condition": pd.Categorical(np.where(stimulated, "stimulated", "control")),
         "cell_type": pd.Categorical(np.asarray(types)[cell_type], categories=types),
+        "lineage": pd.Categorical(np.asarray(lineage_names)[lineage[cell_type]],
+                                  categories=lineage_names),
         "donor": pd.Categorical([f"donor{d}" for d in donor]),
         "cycling": cycling,
     }, index=[f"cell{i}" for i in range(n_cells)])
     adata = ad.AnnData(X=counts, obs=obs, var=pd.DataFrame(index=gene_names))
     adata.uns["simulation"] = {
-        "params": {k: (float(v) if isinstance(v, float) else int(v)) for k, v in p.items()},
+        "params": {k: (v if isinstance(v, str) else float(v) if isinstance(v, float) else int(v))
+                   for k, v in p.items()},
         "cell_types": types,
+        "lineages": [lineage_names[lin] for lin in lineage],
         "ifn_strength": ifn_strength,
         "true_response_lfc": true_lfc.astype(np.float32),
         "ifn_genes": np.asarray(gene_names)[ifn],

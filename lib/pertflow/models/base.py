@@ -50,6 +50,9 @@ class Model:
         self.keys = keys
         self.params: dict[str, Any] = dict(self.defaults)
         self.seed: int | None = None
+        # How a model that transfers the training groups' responses chose to (pertflow.transfer):
+        # the chosen settings, the inner leave-one-group-out score and each group's weight.
+        self.transfer: dict[str, Any] | None = None
 
     @classmethod
     def check_params(cls, params: dict[str, Any] | None, where: str = "params") -> dict[str, Any]:
@@ -112,8 +115,11 @@ class Model:
     def metadata(self) -> dict[str, Any]:
         """What a saved model and its predictions record: model, params, seed, keys and the
         versions that produced them."""
-        return {"model": self.name, "params": self.params, "seed": self.seed,
+        meta = {"model": self.name, "params": self.params, "seed": self.seed,
                 "keys": self.keys.__dict__, "versions": provenance()}
+        if self.transfer is not None:
+            meta["transfer"] = self.transfer
+        return meta
 
     @classmethod
     def load(cls, directory: str | Path) -> "Model":
@@ -122,6 +128,7 @@ class Model:
         model = get_model_class(meta["model"])(Keys(**meta["keys"]))
         model.params = {**model.defaults, **meta["params"]}
         model.seed = meta["seed"]
+        model.transfer = meta.get("transfer")
         model._load_state(directory)
         return model
 
@@ -138,9 +145,12 @@ class Model:
         obs["source_cell"] = control_cells.obs_names
         pred = ad.AnnData(X=X, obs=obs, var=control_cells.var[[]].copy())
         pred.obs_names = [f"pred-{name}" for name in control_cells.obs_names]
-        # params as JSON: h5ad cannot store the None values they may hold.
-        pred.uns["pertflow"] = {**self.metadata(),
-                                "params": json.dumps(self.params, sort_keys=True)}
+        # params and transfer as JSON: h5ad cannot store the None values (or the inf) they may hold.
+        meta = self.metadata()
+        meta["params"] = json.dumps(self.params, sort_keys=True)
+        if "transfer" in meta:
+            meta["transfer"] = json.dumps(meta["transfer"], sort_keys=True)
+        pred.uns["pertflow"] = meta
         return pred
 
 

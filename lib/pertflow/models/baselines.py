@@ -1,4 +1,6 @@
-"""The scGen paper's baselines: no change, a mean shift in gene space, and PCA vector arithmetic."""
+"""Baselines: the scGen paper's (no change, a mean shift in gene space, PCA vector arithmetic) and
+the ones that transfer the responses of the training groups most like the held-out group
+(``pertflow.transfer``): group shifts weighted by similarity, and scPRAM's per-cell transport."""
 
 from __future__ import annotations
 
@@ -6,8 +8,11 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 from sklearn.decomposition import PCA
 
+from pertflow import transfer
+from pertflow.errors import ConfigError
 from pertflow.models.base import Model, register
 from pertflow.utils import balanced_indices, dense
 
@@ -72,6 +77,22 @@ class MeanShift(_ShiftModel):
     defaults = {"balanced": False}
 
 
+def fit_pca(X: np.ndarray, n_comps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and components (n_comps × genes) of an exact PCA of the rows of X, from the
+    eigendecomposition of the smaller of the gene covariance and the cells' Gram matrix: far
+    faster than a full SVD of the cell matrix (100k cells: minutes → seconds)."""
+    n_comps = min(n_comps, X.shape[0] - 1, X.shape[1])
+    if X.shape[0] > X.shape[1]:
+        pca = PCA(n_components=n_comps, svd_solver="covariance_eigh").fit(X)
+        return pca.mean_, pca.components_
+    mean = X.mean(0)
+    centred = X - mean
+    eigenvalues, vectors = np.linalg.eigh(centred @ centred.T)      # cells × cells
+    top = np.argsort(eigenvalues)[::-1][:n_comps]
+    components = vectors[:, top].T @ centred / np.sqrt(eigenvalues[top])[:, None]
+    return mean, components
+
+
 @register("pca_shift")
 class PCAShift(_ShiftModel):
     """The same arithmetic in a PCA space fitted on the training cells, projected back to genes."""
@@ -79,13 +100,7 @@ class PCAShift(_ShiftModel):
     defaults = {"balanced": False, "n_comps": 100}
 
     def _fit_embedding(self, train: ad.AnnData) -> None:
-        X = dense(train.X)
-        n_comps = min(self.params["n_comps"], X.shape[0] - 1, X.shape[1])
-        # With more cells than genes, the eigendecomposition of the gene covariance is exact and
-        # far faster than a full SVD of the cell matrix (100k cells: minutes → seconds).
-        solver = "covariance_eigh" if X.shape[0] > X.shape[1] else "full"
-        self.pca = PCA(n_components=n_comps, svd_solver=solver).fit(X)
-        self.mean_, self.components_ = self.pca.mean_, self.pca.components_
+        self.mean_, self.components_ = fit_pca(dense(train.X), self.params["n_comps"])
 
     def _embed(self, X: np.ndarray) -> np.ndarray:
         return (X - self.mean_) @ self.components_.T
@@ -100,3 +115,106 @@ class PCAShift(_ShiftModel):
     def _load_state(self, directory: Path) -> None:
         state = np.load(directory / "state.npz")
         self.delta, self.mean_, self.components_ = state["delta"], state["mean"], state["components"]
+
+
+class _TransferModel(Model):
+    """Held-out controls + the transferred responses of the training groups (``method`` of
+    ``pertflow.transfer``), in gene space or in a PCA of the training cells; the transfer's
+    settings and α are chosen by leave-one-group-out on the training groups."""
+
+    method: str
+    spaces = ("genes", "pca")
+
+    def _fit(self, train: ad.AnnData) -> None:
+        p, k = self.params, self.keys
+        if p["space"] not in self.spaces:
+            raise ConfigError(f"{self.name}: space must be one of {self.spaces}, "
+                              f"not {p['space']!r}")
+        condition, groups = train.obs[k.condition].to_numpy(), train.obs[k.group].to_numpy()
+        transfer.require_paired_groups(condition, groups, k.control, k.perturbed)
+        X = dense(train.X)
+        self.mean_ = self.components_ = None
+        if p["space"] == "pca":
+            self.mean_, self.components_ = fit_pca(X, p["n_comps"])
+        rng = np.random.default_rng(self.seed)
+        self.responses = transfer.group_responses(self._embed(X), condition, groups, k.control,
+                                                  k.perturbed, rng, p["max_cells"])
+        if self.method == "per_cell":
+            transfer.transport(self.responses)
+        targets = transfer.changed_genes(X, condition, groups, self.responses.names, k.control,
+                                         k.perturbed, p["score_genes"])
+        self.choice = transfer.choose(self.method, self.responses, targets, self._decode_mean,
+                                      linear=True)
+        self.transfer = self.choice.record(p["space"])
+
+    def _embed(self, X: np.ndarray) -> np.ndarray:
+        return X if self.components_ is None else (X - self.mean_) @ self.components_.T
+
+    def _decode_mean(self, Z: np.ndarray, genes: np.ndarray) -> np.ndarray:
+        if self.components_ is None:
+            return Z.mean(0)[genes]
+        return Z.mean(0) @ self.components_[:, genes] + self.mean_[genes]
+
+    def predict(self, control_cells: ad.AnnData) -> ad.AnnData:
+        X = dense(control_cells.X)
+        delta, weights = transfer.transferred(self.choice, self.responses, self._embed(X))
+        self.transfer = self.choice.record(self.params["space"], weights)
+        # The delta, not the cells, goes through the PCA: each cell keeps its expression outside
+        # the components, so predicted cells vary as real ones do.
+        if self.components_ is not None:
+            delta = delta @ self.components_
+        return self._prediction(control_cells, (X + delta).astype(np.float32))
+
+    def _save_state(self, directory: Path) -> None:
+        r = self.responses
+        state = {"control_means": r.control_means, "shifts": r.shifts,
+                 "names": np.asarray(r.names, dtype=object).astype(str)}
+        if self.method == "per_cell":
+            state |= {"controls": np.concatenate(r.controls), "deltas": np.concatenate(r.deltas),
+                      "sizes": [len(c) for c in r.controls]}
+        if self.components_ is not None:
+            state |= {"mean": self.mean_, "components": self.components_}
+        np.savez(directory / "state.npz", **state)
+        self.choice.scores.to_csv(directory / "transfer_scores.csv")
+
+    def _load_state(self, directory: Path) -> None:
+        state = np.load(directory / "state.npz")
+        controls = deltas = []
+        if "sizes" in state:
+            bounds = np.cumsum(state["sizes"])[:-1]
+            controls, deltas = (np.split(state[key], bounds) for key in ("controls", "deltas"))
+        self.responses = transfer.Responses(list(state["names"]), state["control_means"],
+                                            state["shifts"], list(controls), [], list(deltas))
+        self.mean_, self.components_ = (state["mean"], state["components"]) \
+            if "components" in state else (None, None)
+        self.choice = transfer.Choice.from_record(self.transfer)
+
+
+@register("similarity_shift")
+class SimilarityShift(_TransferModel):
+    """Held-out controls + α · Σ_g w_g delta_g over the training groups g with both conditions,
+    w_g ∝ exp(sim_g / τ) by how much g's controls resemble the held-out controls."""
+
+    method = "similarity"
+    defaults = {
+        "space": "genes",      # genes | pca (of the training cells)
+        "n_comps": 50,         # PCA components with space: pca
+        "score_genes": 100,    # each training group's most changed genes the inner choice scores
+        "max_cells": 500,      # cells per group and condition kept for the inner choice
+    }
+
+
+@register("transport_shift")
+class TransportShift(_TransferModel):
+    """scPRAM's per-cell transfer in a PCA of the training cells: optimal transport pairs each
+    training group's control and perturbed cells; each held-out control cell takes the
+    similarity-weighted delta of its k most similar (cosine) training control cells."""
+
+    method = "per_cell"
+    spaces = ("pca",)
+    defaults = {
+        "space": "pca",
+        "n_comps": 50,
+        "score_genes": 100,
+        "max_cells": 500,      # cells per group and condition transported (seeded subsample)
+    }

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pertflow import transfer
 from pertflow.errors import ConfigError
 from pertflow.models.base import Model, register
 from pertflow.torch_utils import resolve_device, reuse_freed_memory, seed_everything
@@ -254,19 +255,18 @@ class ArithmeticCheck:
     ``max_cells`` cells per group and condition are used, so an epoch's check stays cheap.
     """
 
+    n_genes = 100  # each group's most changed genes it scores, as the benchmark's top DEGs
+
     def __init__(self, X: sp.csr_matrix, condition: np.ndarray, groups: np.ndarray,
-                 control: str, perturbed: str, rng: np.random.Generator,
-                 n_genes: int = 100, max_cells: int = 500):
-        self.groups = []  # per group: its genes and their real perturbed means
+                 control: str, perturbed: str, rng: np.random.Generator, max_cells: int = 500):
+        names = transfer.paired_groups(condition, groups, control, perturbed)
+        # per group: its genes and their real perturbed means
+        self.groups = [(torch.from_numpy(genes), real) for genes, real in transfer.changed_genes(
+            X, condition, groups, names, control, perturbed, self.n_genes)]
         parts = []        # per group: control rows, perturbed rows
-        for group in pd.unique(groups):
+        for group in names:
             rows = [np.flatnonzero((groups == group) & (condition == label))
                     for label in (control, perturbed)]
-            if min(len(r) for r in rows) == 0:
-                continue
-            means = [np.asarray(X[r].mean(axis=0)).ravel() for r in rows]
-            genes = np.argsort(-np.abs(means[1] - means[0]), kind="stable")[:n_genes]
-            self.groups.append((torch.from_numpy(genes), means[1][genes]))
             parts += [np.sort(rng.choice(r, max_cells, replace=False)) if len(r) > max_cells
                       else r for r in rows]
         self.rows = np.concatenate(parts) if parts else np.array([], int)
@@ -323,7 +323,7 @@ class ScGen(Model):
         "min_epochs": 40,           # epochs trained before one is kept or stopping starts
         "restore_best": True,       # end with the weights of the best-scoring epoch
         # prediction
-        "delta_groups": "paired",   # paired | all (the reference): see the module docstring
+        "delta_groups": "paired",   # paired | all | similarity | transport: module docstring
         "restrict_arithmetic_to": None,  # list of groups for delta; None: all groups
         "device": "auto",           # auto | cpu | cuda
     }
@@ -332,7 +332,7 @@ class ScGen(Model):
         p = self.params
         choices = {"recon_loss": ("mse", "l1"), "lr_schedule": ("constant", "cosine"),
                    "norm": ("batch", "layer", "none"), "stop_on": ("arithmetic", "validation_loss"),
-                   "delta_groups": ("paired", "all")}
+                   "delta_groups": ("paired", "all", "similarity", "transport")}
         for key, allowed in choices.items():
             if p[key] not in allowed:
                 raise ConfigError(f"scgen: {key} must be one of {allowed}, not {p[key]!r}")
@@ -372,6 +372,8 @@ class ScGen(Model):
         self.device = resolve_device(p["device"])
         X = as_csr(train.X)
         condition, groups = train.obs[k.condition].to_numpy(), train.obs[k.group].to_numpy()
+        if p["delta_groups"] != "all":  # fails before training when no group has both
+            transfer.require_paired_groups(condition, groups, k.control, k.perturbed)
 
         shuffled = rng.permutation(X.shape[0])
         n_val = int(round(p["validation_fraction"] * X.shape[0]))
@@ -425,21 +427,65 @@ class ScGen(Model):
         self.history = pd.DataFrame(rows, columns=["epoch", "train_loss", "val_loss",
                                                    "arithmetic_r2", "lr", "seconds"])
 
+        self.set_delta(train, rng)
+
+    def set_delta(self, train: ad.AnnData, rng: np.random.Generator) -> None:
+        """The latent arithmetic of ``delta_groups`` on the trained VAE: one delta (``paired``,
+        ``all``), or the responses of the training groups transferred by similarity or per cell
+        (``pertflow.transfer``), with the transfer chosen leave-one-group-out in the latent space
+        and scored on decoded genes."""
+        p, k = self.params, self.keys
+        X = as_csr(train.X)
+        condition, groups = train.obs[k.condition].to_numpy(), train.obs[k.group].to_numpy()
         latent = latent_means(self.vae, X, self.device)
-        self.delta = latent_delta(latent, condition, groups, k.control, k.perturbed, rng,
-                                  p["restrict_arithmetic_to"], p["delta_groups"] == "paired")
+        self.responses = self.transfer = None
+        if p["delta_groups"] in ("paired", "all"):
+            self.delta = latent_delta(latent, condition, groups, k.control, k.perturbed, rng,
+                                      p["restrict_arithmetic_to"], p["delta_groups"] == "paired")
+            return
+        if p["restrict_arithmetic_to"] is not None:
+            keep = np.isin(groups, p["restrict_arithmetic_to"])
+            X, latent, condition, groups = X[keep], latent[keep], condition[keep], groups[keep]
+        self.responses = transfer.group_responses(latent, condition, groups, k.control,
+                                                  k.perturbed, rng)
+        method = "per_cell" if p["delta_groups"] == "transport" else "similarity"
+        if method == "per_cell":
+            transfer.transport(self.responses)
+        targets = transfer.changed_genes(X, condition, groups, self.responses.names, k.control,
+                                         k.perturbed, ArithmeticCheck.n_genes)
+        self.choice = transfer.choose(method, self.responses, targets, self._decode_mean,
+                                      linear=False)
+        self.transfer = self.choice.record("scgen latent")
+
+    def _decode_mean(self, Z: np.ndarray, genes: np.ndarray) -> np.ndarray:
+        z = torch.from_numpy(Z.astype(np.float32)).to(self.device)
+        genes = torch.from_numpy(genes).to(self.device)
+        return decode_genes(self.vae, z, genes).mean(0).cpu().numpy()
 
     def predict(self, control_cells: ad.AnnData) -> ad.AnnData:
         latent = latent_means(self.vae, as_csr(control_cells.X), self.device)
-        predicted = decode(self.vae, latent + self.delta, self.device)
+        if self.responses is None:
+            delta = self.delta
+        else:
+            delta, weights = transfer.transferred(self.choice, self.responses, latent)
+            self.transfer = self.choice.record("scgen latent", weights)
+        predicted = decode(self.vae, (latent + delta).astype(np.float32), self.device)
         return self._prediction(control_cells, predicted)
 
     def embed(self, adata: ad.AnnData) -> dict[str, np.ndarray]:
         return {"X_scgen": latent_means(self.vae, as_csr(adata.X), self.device)}
 
     def _save_state(self, directory: Path) -> None:
-        state = {"vae": self.vae.state_dict(), "delta": torch.from_numpy(self.delta),
-                 "n_genes": self.vae.input_layer.weight.shape[0]}
+        state = {"vae": self.vae.state_dict(), "n_genes": self.vae.input_layer.weight.shape[0]}
+        if self.responses is None:
+            state["delta"] = torch.from_numpy(self.delta)
+        else:
+            r = self.responses
+            state |= {"names": r.names, **{key: torch.from_numpy(np.asarray(value)) for key, value
+                      in (("control_means", r.control_means), ("shifts", r.shifts))}}
+            if r.deltas:
+                state |= {"controls": [torch.from_numpy(c) for c in r.controls],
+                          "deltas": [torch.from_numpy(d) for d in r.deltas]}
         torch.save(state, directory / "model.pt")
         self.history.to_csv(directory / "losses.csv", index=False)
 
@@ -449,6 +495,15 @@ class ScGen(Model):
         self.vae = self._build(state["n_genes"])
         self.vae.load_state_dict(state["vae"])
         self.vae.eval()
-        self.delta = state["delta"].cpu().numpy()
+        self.responses = None
+        if "delta" in state:
+            self.delta = state["delta"].cpu().numpy()
+        else:
+            numpy = {key: [t.cpu().numpy() for t in state.get(key, [])]
+                     for key in ("controls", "deltas")}
+            self.responses = transfer.Responses(
+                state["names"], state["control_means"].numpy(), state["shifts"].numpy(),
+                numpy["controls"], [], numpy["deltas"])
+            self.choice = transfer.Choice.from_record(self.transfer)
         losses = directory / "losses.csv"
         self.history = pd.read_csv(losses) if losses.exists() else pd.DataFrame()

@@ -1,0 +1,125 @@
+"""Transferring the responses of similar training groups, on Kang 2018: baselines and scGen.
+
+Every cell type held out in turn, for each of ``--seeds``: the baselines (control, mean_shift,
+balanced mean_shift, pca_shift, similarity_shift in gene and PCA space, transport_shift) and scGen
+trained once with its shipped training settings, then predicting with each ``delta_groups``
+(paired, all, similarity, transport) from the same trained model. Every run is scored with the
+workflow's metrics (``pertflow.metrics.score``); the table is written to ``--out`` and summarised
+with the workflow's summary (means, 95% intervals, paired differences to the strongest baseline).
+
+    .venv/bin/python bench/transfer_kang.py --seeds 0 1 2 --out results/bench/transfer_kang.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+import warnings
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+
+from pertflow.metrics import score, top_degs
+from pertflow.models import Keys, get_model_class
+from pertflow.splits import split
+from pertflow.summary import ALL_GROUPS, summarise, summary_markdown
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "kang2018_scgen_valid.h5ad"
+KEYS = Keys(condition="condition", control="control", perturbed="stimulated", group="cell_type")
+BASELINES = {
+    "control": ("control", {}),
+    "mean_shift": ("mean_shift", {}),
+    "mean_shift_balanced": ("mean_shift", {"balanced": True}),
+    "pca_shift": ("pca_shift", {"n_comps": 100}),
+    "similarity_shift": ("similarity_shift", {}),
+    "similarity_shift_pca": ("similarity_shift", {"space": "pca"}),
+    "transport_shift": ("transport_shift", {}),
+}
+SCGEN_DELTAS = ("paired", "all", "similarity", "transport")
+
+
+def runs(adata: ad.AnnData, group: str, seeds: list[int], scgen: bool, epochs: int | None):
+    """Metric rows of every model for one held-out group."""
+    parts = split(adata, KEYS, group)
+    train, control, truth = parts["train"], parts["control"], parts["truth"]
+    degs = top_degs(truth, control, 100)["names"].astype(str).tolist()
+    perturbed = np.asarray(train[train.obs[KEYS.condition] == KEYS.perturbed].X.mean(0)).ravel()
+
+    def row(model: str, seed: int, prediction: ad.AnnData, seconds: float) -> dict:
+        metrics = score(prediction, truth, control, degs, perturbed, seed)
+        transfer = prediction.uns["pertflow"].get("transfer", "")
+        print(f"{group:<12} {seed} {model:<22} R² top-100 {metrics['r2_mean_top100']:.3f} all "
+              f"{metrics['r2_mean_all']:.3f} E {metrics['e_distance']:.3f} {seconds:6.1f} s "
+              f"{transfer}", flush=True)
+        return {"dataset": "kang_valid", "model": model, "group": group, "seed": seed,
+                **metrics, "seconds": seconds}
+
+    rows = []
+    for seed in seeds:
+        for name, (cls, params) in BASELINES.items():
+            started = time.perf_counter()
+            model = get_model_class(cls)(KEYS).fit(train, params, seed)
+            rows.append(row(name, seed, model.predict(control), time.perf_counter() - started))
+        if not scgen:
+            continue
+        started = time.perf_counter()
+        model = get_model_class("scgen")(KEYS).fit(
+            train, {"device": "cpu"} | ({"max_epochs": epochs, "min_epochs": 1} if epochs
+                                         else {}), seed)
+        seconds = time.perf_counter() - started
+        for delta in SCGEN_DELTAS:
+            started = time.perf_counter()
+            model.params["delta_groups"] = delta
+            model.set_delta(train, np.random.default_rng(seed))
+            prediction = model.predict(control)
+            rows.append(row(f"scgen_{delta}", seed, prediction,
+                            seconds + time.perf_counter() - started))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--groups", nargs="*", help="held-out cell types (default: all)")
+    parser.add_argument("--no-scgen", action="store_true", help="baselines only")
+    parser.add_argument("--epochs", type=int, help="scGen max_epochs (default: its default)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--out", default="results/bench/transfer_kang.csv")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.threads)
+    adata = ad.read_h5ad(args.data)
+    print(f"{args.data}: {adata.n_obs} cells × {adata.n_vars} genes; load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    groups = args.groups or sorted(adata.obs[KEYS.group].unique())
+    rows = []
+    for group in groups:
+        rows += runs(adata, group, args.seeds, not args.no_scgen, args.epochs)
+        table = pd.DataFrame(rows)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(args.out, index=False)  # after every group: a long run can be read early
+
+    summary = summarise(table)
+    headline = ["r2_mean_top100", "r2_mean_all", "e_distance"]
+    pooled = summary[(summary["group"] == ALL_GROUPS) & summary["metric"].isin(headline)]
+    print("\n== means over held-out types and seeds (95% t-interval) ==")
+    print(pooled.pivot(index="model", columns="metric", values=["mean", "ci_low", "ci_high"])
+          .round(3).to_string())
+    per_type = table.groupby(["group", "model"])[headline].mean().unstack("model")
+    print("\n== per held-out type, mean over seeds ==")
+    for metric in headline:
+        print(f"\n{metric}\n{per_type[metric].round(3).to_string()}")
+    print()
+    print(summary_markdown("kang_valid", table, list(BASELINES)))
+    print(f"seconds per fit (mean): {table.groupby('model')['seconds'].mean().round(1).to_dict()}")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()

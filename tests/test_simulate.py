@@ -1,0 +1,175 @@
+"""The simulation's lineages: same-lineage types look and respond alike, so a held-out type is
+best predicted from the types whose controls resemble it; in independent mode nothing transfers."""
+
+import numpy as np
+import pytest
+import scanpy as sc
+
+from pertflow.simulate import simulate
+from pertflow.utils import write_h5ad
+
+DEFAULT_RUN = {"n_cells": 3000, "n_genes": 1000, "n_cell_types": 6, "seed": 0}  # config.yaml
+
+
+def means(adata):
+    """Per type (in uns order): control and stimulated mean log-normalised expression."""
+    adata = adata.copy()
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata)
+    X = adata.X.toarray()
+    cell_type = adata.obs["cell_type"].to_numpy()
+    stim = (adata.obs["condition"] == "stimulated").to_numpy()
+    types = adata.uns["simulation"]["cell_types"]
+    control = np.array([X[(cell_type == t) & ~stim].mean(0) for t in types])
+    stimulated = np.array([X[(cell_type == t) & stim].mean(0) for t in types])
+    return control, stimulated
+
+
+def similarity(control):
+    """Pearson correlation of control profiles centred on the mean over types."""
+    return np.corrcoef(control - control.mean(0))
+
+
+def softmax(x, tau=0.1):
+    w = np.exp((x - x.max()) / tau)
+    return w / w.sum()
+
+
+def same_vs_other(matrix, lineages):
+    """Per type: mean of ``matrix`` over the other types of its lineage, and over the others."""
+    lineages = np.asarray(lineages)
+    same, other = [], []
+    for i, lin in enumerate(lineages):
+        mates = (lineages == lin) & (np.arange(len(lineages)) != i)
+        same.append(matrix[i, mates].mean())
+        other.append(matrix[i, lineages != lin].mean())
+    return np.array(same), np.array(other)
+
+
+@pytest.fixture(scope="module")
+def lineage_run():
+    adata = simulate(**DEFAULT_RUN)
+    return adata, *means(adata)
+
+
+@pytest.fixture(scope="module")
+def independent_run():
+    adata = simulate(**DEFAULT_RUN, response_sharing="independent")
+    return adata, *means(adata)
+
+
+def test_types_belong_to_lineages_like_blood_cells():
+    for n_types in range(2, 8):
+        truth = simulate(n_cells=200, n_genes=200, n_cell_types=n_types).uns["simulation"]
+        assert len(truth["lineages"]) == n_types
+        assert set(truth["lineages"]) == {"lymphoid", "myeloid"}
+    truth = simulate(n_cells=200, n_genes=200, n_cell_types=6).uns["simulation"]
+    assert dict(zip(truth["cell_types"], truth["lineages"])) == {
+        "T-helper": "lymphoid", "Monocyte": "myeloid", "B": "lymphoid",
+        "T-cytotoxic": "lymphoid", "NK": "lymphoid", "Dendritic": "myeloid"}
+
+
+def test_lineage_column_truth_and_round_trip(lineage_run, tmp_path):
+    adata = lineage_run[0]
+    truth = adata.uns["simulation"]
+    lineage_of = dict(zip(truth["cell_types"], truth["lineages"]))
+    assert (adata.obs["lineage"].astype(str) == adata.obs["cell_type"].map(lineage_of)).all()
+    assert truth["params"]["response_sharing"] == "lineage"
+    # Interferon strength: alike within a lineage, different between the two.
+    strength, lineages = truth["ifn_strength"], np.asarray(truth["lineages"])
+    lymphoid, myeloid = strength[lineages == "lymphoid"], strength[lineages == "myeloid"]
+    assert max(np.ptp(lymphoid), np.ptp(myeloid)) < abs(lymphoid.mean() - myeloid.mean())
+    write_h5ad(adata, tmp_path / "sim.h5ad")
+
+
+def test_same_lineage_types_look_and_respond_alike(lineage_run):
+    adata, control, _ = lineage_run
+    truth = adata.uns["simulation"]
+    response = np.corrcoef(truth["true_response_lfc"])
+    same, other = same_vs_other(response, truth["lineages"])
+    assert np.all(same > other + 0.2), (same, other)
+    assert same.mean() < 0.98  # each type keeps a response of its own
+    # In the counts: control profiles (log-normalised means) of one lineage are closer.
+    same, other = same_vs_other(similarity(control), truth["lineages"])
+    assert np.all(same > other + 0.2), (same, other)
+    same, other = same_vs_other(np.corrcoef(control), truth["lineages"])
+    assert np.all(same > other), (same, other)
+
+
+def test_independent_responses_are_unrelated(independent_run):
+    adata = independent_run[0]
+    truth = adata.uns["simulation"]
+    response = np.corrcoef(truth["true_response_lfc"])
+    off = response[np.triu_indices(len(response), 1)]
+    assert abs(off.mean()) < 0.1 and np.abs(off).max() < 0.35, off
+    assert np.all(truth["ifn_strength"] == 0) and truth["params"]["response_sharing"] \
+        == "independent"
+    # Lineages still shape the control state.
+    same, other = same_vs_other(similarity(independent_run[1]), truth["lineages"])
+    assert np.all(same > other + 0.2)
+
+
+def transfer_errors(adata, control):
+    """Per held-out type: squared error of its true response predicted by no change, by the plain
+    average of the other types' responses, and by their softmax-of-similarity weighted average."""
+    lfc = adata.uns["simulation"]["true_response_lfc"].astype(np.float64)
+    sim = similarity(control)
+    errors = []
+    for i in range(len(lfc)):
+        others = np.arange(len(lfc)) != i
+        weighted = softmax(sim[i, others]) @ lfc[others]
+        errors.append([np.mean((pred - lfc[i]) ** 2)
+                       for pred in (0.0, lfc[others].mean(0), weighted)])
+    return np.array(errors).T
+
+
+def test_similarity_weighted_transfer_beats_plain_average(lineage_run):
+    adata, control, _ = lineage_run
+    unchanged, average, weighted = transfer_errors(adata, control)
+    assert np.all(weighted < average), (weighted, average)
+    assert weighted.mean() < 0.7 * average.mean() and average.mean() < unchanged.mean()
+
+
+def test_in_independent_mode_transfer_hurts(independent_run):
+    adata, control, _ = independent_run
+    unchanged, average, weighted = transfer_errors(adata, control)
+    assert np.all(unchanged < average) and np.all(unchanged < weighted)
+
+
+def r2_of_predictions(control, stimulated, top=100):
+    """Per held-out type: squared Pearson, over its `top` most changed genes, of predicted vs real
+    stimulated means for controls unchanged, plain average shift, similarity-weighted shift."""
+    shift, sim = stimulated - control, similarity(control)
+    r2 = []
+    for i in range(len(control)):
+        others = np.arange(len(control)) != i
+        genes = np.argsort(-np.abs(shift[i]))[:top]
+        preds = (control[i], control[i] + shift[others].mean(0),
+                 control[i] + softmax(sim[i, others]) @ shift[others])
+        r2.append([np.corrcoef(pred[genes], stimulated[i, genes])[0, 1] ** 2 for pred in preds])
+    return np.array(r2).T
+
+
+def test_default_run_rewards_similarity_and_stays_non_trivial(lineage_run):
+    unchanged, average, weighted = r2_of_predictions(*lineage_run[1:])
+    assert unchanged.mean() + 0.1 < average.mean() < weighted.mean() - 0.1
+    assert np.all(weighted > average) and weighted.mean() < 0.95
+
+
+def test_independent_run_rewards_leaving_controls_unchanged(independent_run):
+    unchanged, average, weighted = r2_of_predictions(*independent_run[1:])
+    assert unchanged.mean() > average.mean() and unchanged.mean() > weighted.mean()
+
+
+def test_unknown_response_sharing_is_refused():
+    with pytest.raises(ValueError, match=r"response_sharing.*\['lineage', 'independent'\]"):
+        simulate(n_cells=200, n_genes=200, response_sharing="lineages")
+
+
+def test_independent_mode_is_deterministic_per_seed():
+    kwargs = {"n_cells": 400, "n_genes": 200, "response_sharing": "independent"}
+    a, b = simulate(**kwargs, seed=5), simulate(**kwargs, seed=5)
+    assert (a.X != b.X).nnz == 0 and a.obs.equals(b.obs)
+    np.testing.assert_array_equal(a.uns["simulation"]["true_response_lfc"],
+                                  b.uns["simulation"]["true_response_lfc"])
+    assert (simulate(**kwargs, seed=6).X != a.X).nnz > 0
