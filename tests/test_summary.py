@@ -1,14 +1,17 @@
+import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from docutils.core import publish_parts
 from scipy import stats
 
-from conftest import ROOT
-from pertflow import summary
+from conftest import ROOT, SIM_KEYS
+from pertflow import summary, verdict
 from pertflow.config import baseline_models
 from pertflow.errors import DataError
 from pertflow.metrics import METRICS
+from pertflow.models import get_model_class
 
 
 def make_table(values: dict[str, list[float]], groups=("A", "B"), seeds=(0, 1)) -> pd.DataFrame:
@@ -64,7 +67,7 @@ def test_summarise_per_group_over_seeds_and_overall():
 def test_baselines_are_found_from_the_registry():
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     assert baseline_models(config) == ["control", "mean_shift", "mean_shift_balanced",
-                                               "pca_shift"]
+                                       "pca_shift", "similarity_shift", "transport_shift"]
 
 
 def test_comparisons_pair_runs_and_respect_the_direction():
@@ -118,3 +121,136 @@ def test_summary_skips_missing_values_and_handles_no_baseline():
     assert "no baseline to compare with" in summary.summary_markdown("d", table, [])
     counts = summary.summarise(table).set_index(["model", "group", "metric"])["n"]
     assert counts["control", summary.ALL_GROUPS, "pearson_delta"] == 0
+
+
+def test_comparisons_take_the_strongest_baseline_of_each_metric():
+    table = make_table({"control": [0, 0, 0, 0], "mean_shift": [1, 2, 1, 2],
+                        "new": [2, 2.5, 2, 3]})
+    table.loc[table["model"] == "control", "mmd"] = -5.0  # lower is better: control is strongest
+    result = summary.comparisons(table, ["control", "mean_shift"]).set_index(["metric", "model"])
+    assert result.loc[("r2_mean_all", "new"), "best_baseline"] == "mean_shift"
+    mmd = result.loc[("mmd", "new")]
+    assert mmd["best_baseline"] == "control" and mmd["baseline_mean"] == -5
+    assert mmd["difference"] == pytest.approx(-2.375 + 5) and not mmd["beats_baseline"]
+    assert result.loc[("mmd", "control"), "is_winner"]
+
+
+# Two held-out groups (A, B) × two seeds of one transferring model; the second seed of A chose a
+# plain average (tau None), and another model does not transfer.
+def transfer_runs() -> list[dict]:
+    choices = {"A": {"C": 0.6, "B": 0.35, "D": 0.05}, "B": {"C": 0.2, "A": 0.7, "D": 0.1}}
+    runs = [{"model": "sim", "group": group, "seed": seed,
+             "transfer": {"method": "similarity", "space": "genes",
+                          "tau": None if (group, seed) == ("A", 1) else 0.1,
+                          "alpha": 0.8 if seed == 0 else 0.6, "inner_score": 0.9,
+                          "weights": weights}}
+            for group, weights in choices.items() for seed in (0, 1)]
+    runs.append({"model": "per", "group": "A", "seed": 0,
+                 "transfer": {"method": "per_cell", "space": "pca", "k": 20, "alpha": 1.0,
+                              "inner_score": float("nan"), "weights": {"B": 0.5, "C": 0.5}}})
+    return [*runs, {"model": "control", "group": "A", "seed": 0, "transfer": None}]
+
+
+def test_read_transfer_reads_what_a_model_records(tmp_path):
+    model = get_model_class("mean_shift")(SIM_KEYS)
+    model.seed = 0
+    control = ad.AnnData(np.ones((3, 2), dtype=np.float32))
+    control.obs[SIM_KEYS.condition] = SIM_KEYS.control
+    record = {"method": "similarity", "space": "genes", "tau": None, "alpha": 0.8,
+              "inner_score": 0.93, "weights": {"B": 0.05, "CD8T": 0.6, "NK": 0.35}}
+    model.transfer = record
+    model._prediction(control, control.X).write_h5ad(tmp_path / "transfers.h5ad")
+    assert summary.read_transfer(tmp_path / "transfers.h5ad") == record
+    model.transfer = None
+    model._prediction(control, control.X).write_h5ad(tmp_path / "plain.h5ad")
+    assert summary.read_transfer(tmp_path / "plain.h5ad") is None
+
+
+def test_transfer_table_one_row_per_transferring_run(tmp_path):
+    table = summary.transfer_table(transfer_runs())
+    assert list(table.columns) == [*summary.TRANSFER_COLUMNS[:-1], "inner_score", "weights",
+                                   "weight_A", "weight_B", "weight_C", "weight_D"]
+    assert list(zip(table["model"], table["group"], table["seed"])) == [
+        ("per", "A", 0), ("sim", "A", 0), ("sim", "A", 1), ("sim", "B", 0), ("sim", "B", 1)]
+    first_sim = table.iloc[1]
+    assert first_sim["weights"] == "C 0.60, B 0.35, D 0.05"
+    assert first_sim["weight_C"] == 0.6 and np.isnan(first_sim["weight_A"])
+    assert table.iloc[0]["k"] == 20 and table.iloc[0]["weights"] == "B 0.50, C 0.50"
+    # through the CSV, as the summary reads it: tau None is empty, k only for per-cell
+    table.to_csv(tmp_path / "transfer.csv", index=False)
+    read = pd.read_csv(tmp_path / "transfer.csv", dtype={"group": str})
+    assert np.isnan(read.loc[2, "tau"]) and read.loc[1, "tau"] == 0.1 and np.isnan(read.loc[1, "k"])
+    none = summary.transfer_table([{"model": "control", "group": "A", "seed": 0,
+                                    "transfer": None}])
+    none.to_csv(tmp_path / "none.csv", index=False)
+    assert (tmp_path / "none.csv").read_text().strip() == ",".join(summary.TRANSFER_COLUMNS)
+
+
+def test_transfer_overview_averages_seeds():
+    overview = summary.transfer_overview(summary.transfer_table(transfer_runs()), top=2)
+    sim_a = overview[(overview["model"] == "sim") & (overview["group"] == "A")].iloc[0]
+    assert sim_a["settings"] == ("similarity in genes, τ 0.1; "
+                                 "similarity in genes, τ none (plain average)")
+    assert sim_a["alpha"] == pytest.approx(0.7) and sim_a["n_seeds"] == 2
+    assert sim_a["top_weights"] == "C 0.60, B 0.35"
+    per = overview[overview["model"] == "per"].iloc[0]
+    assert per["settings"] == "per_cell in pca, k 20" and np.isnan(per["inner_score"])
+    empty = summary.transfer_overview(pd.DataFrame(columns=summary.TRANSFER_COLUMNS))
+    assert empty.empty
+    # older predictions recorded the inner score as an R²
+    legacy = [run | {"transfer": {key.replace("inner_score", "inner_r2"): value
+                                  for key, value in run["transfer"].items()}}
+              for run in transfer_runs() if run["transfer"]]
+    legacy = summary.transfer_overview(summary.transfer_table(legacy))
+    assert legacy.loc[1, "inner_score"] == pytest.approx(0.9)
+
+
+def test_summary_markdown_says_what_the_transferring_models_chose():
+    table = make_table({"control": [0, 0, 0, 0], "sim": [1, 2, 1, 2], "new": [2, 2.5, 2, 3]})
+    plain = summary.summary_markdown("d", table, ["control", "sim"])
+    assert "Transfer" not in plain
+    text = summary.summary_markdown("d", table, ["control", "sim"],
+                                    summary.transfer_table(transfer_runs()))
+    assert text.startswith(plain.rstrip("\n"))
+    section = text.split("## Transfer between groups")[1]
+    assert "- **sim**: mean chosen α 0.7 over 4 runs (2 held-out groups)" in section
+    assert ("  - held out B (similarity in genes, τ 0.1, α 0.7): A 0.70, C 0.20, D 0.10"
+            in section)
+    assert "- **per**: mean chosen α 1 over 1 runs" in section
+    none = summary.summary_markdown("d", table, ["control", "sim"],
+                                    pd.DataFrame(columns=summary.TRANSFER_COLUMNS))
+    assert "No model transfers the responses of the training groups." in none
+
+
+def rendered(rst: str) -> str:
+    """The verdict as the front page renders it (the page's title first), failing on any
+    reStructuredText warning."""
+    return publish_parts("Title\n=====\n\n" + rst, writer="html",
+                         settings_overrides={"halt_level": 2})["html_body"]
+
+
+def test_verdict_rst_renders_winners_differences_and_transfer():
+    table = make_table({"control": [0, 0, 0, 0], "mean_shift": [1, 2, 1, 2],
+                        "new_": [2, 2.5, 2, 3], "other": [0.5, 1, 0.5, 1]})
+    baselines = ["control", "mean_shift"]
+    rst = verdict.verdict_rst("d_1", table, baselines, summary.transfer_table(transfer_runs()))
+    body = rendered(rst)
+    assert "Dataset d_1" in body and "new_" in body  # names with markup characters read as given
+    assert "<strong>new_</strong> 2.38" in body
+    # new_ minus mean_shift, per group and seed: 1, 0.5, 1, 1 (its interval excludes zero: bold)
+    low, high = summary.mean_interval(pd.Series([1, 0.5, 1, 1.0]))[["ci_low", "ci_high"]]
+    assert f"<strong>+0.875 [{low:.3g}, {high:.3g}]</strong>" in body
+    assert "-0.875 [" in body  # e_distance and mmd: lower is better
+    assert "winner is the strongest baseline" not in body
+    assert "other</strong> is better than the strongest baseline on 0 of 10 metrics" in body
+    assert "similarity in genes, τ 0.1; similarity in genes, τ none (plain average)" in body
+    assert "C 0.60, B 0.35, D 0.05" in body
+    no_transfer = rendered(verdict.verdict_rst("d", table, baselines,
+                                               pd.DataFrame(columns=summary.TRANSFER_COLUMNS)))
+    assert "No model of this dataset transfers" in no_transfer
+    only_baselines = rendered(verdict.verdict_rst("d", table[table["model"].isin(baselines)],
+                                                  baselines))
+    assert "winner is the strongest baseline" in only_baselines
+    assert "Every model of this dataset is a baseline." in only_baselines
+    assert "Transfer" not in only_baselines
+    assert "nothing to compare with" in rendered(verdict.verdict_rst("d", table, []))

@@ -17,7 +17,7 @@ from pertflow.utils import dense
 KEYS = Keys("condition", "ctrl", "stim", "group")
 
 
-def test_similarities_are_centred_pearson_and_weights_span_nearest_to_average():
+def test_similarities_are_centred_cosines_and_weights_span_nearest_to_average():
     means = np.array([[1.0, 0, 0, 5], [0, 1.0, 0, 5], [0, 0, 1.0, 5]])
     sim = transfer.similarities(means, np.array([0.9, 0.1, 0, 5]))
     # centred on the groups' mean, group 0 alone points the target's way

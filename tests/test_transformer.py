@@ -1,6 +1,9 @@
-"""The scGPT-style transformer: tokens, attention masking, learning, determinism, checkpoints."""
+"""The scGPT-style transformer: tokens, attention masking, transport targets, the transferred
+response, residual prediction, learning, determinism, checkpoints."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pandas as pd
@@ -8,9 +11,11 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from pertflow import transfer
 from pertflow.models import Model, get_model_class
 from pertflow.models.transformer import (CellTransformer, bin_expression, expressed_first,
-                                         pad_batch, training_genes)
+                                         left_out_transfers, pad_batch, training_genes,
+                                         transport_targets)
 from pertflow.utils import dense
 
 TINY = {"n_layers": 2, "d_model": 32, "n_heads": 2, "n_bins": 11, "max_genes": 64,
@@ -82,19 +87,57 @@ def test_padded_positions_are_invisible_to_real_ones():
                           dropout=0.0).eval()
     short, long = np.arange(5, 15), np.arange(20, 45)
     genes, pad = pad_batch([short, long])
-    bins = np.random.default_rng(0).integers(0, 11, size=genes.shape)
+    rng = np.random.default_rng(0)
+    bins = rng.integers(0, 11, size=genes.shape)
+    response = rng.normal(size=genes.shape).astype(np.float32)
     condition = torch.tensor([1, 0])
     to = torch.as_tensor
     with torch.no_grad():
-        pred, cls = net(to(genes), to(bins), condition, to(pad))
-        alone, alone_cls = net(to(genes[:1, :10]), to(bins[:1, :10]), condition[:1])
+        pred, cls = net(to(genes), to(bins), to(response), condition, to(pad))
+        alone, alone_cls = net(to(genes[:1, :10]), to(bins[:1, :10]), to(response[:1, :10]),
+                               condition[:1])
         # Junk in the padded slots must not leak into the real positions.
-        junk_genes, junk_bins = genes.copy(), bins.copy()
-        junk_genes[pad], junk_bins[pad] = 49, 10
-        junk, _ = net(to(junk_genes), to(junk_bins), condition, to(pad))
+        junk_genes, junk_bins, junk_response = genes.copy(), bins.copy(), response.copy()
+        junk_genes[pad], junk_bins[pad], junk_response[pad] = 49, 10, 100.0
+        junk, _ = net(to(junk_genes), to(junk_bins), to(junk_response), condition, to(pad))
     torch.testing.assert_close(pred[0, :10], alone[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(cls[0], alone_cls[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(junk[~to(pad)], pred[~to(pad)])
+
+
+def test_transport_targets_carry_each_cell_onto_the_perturbed_distribution():
+    rng = np.random.default_rng(0)
+    controls = rng.gamma(1.0, size=(40, 5)) * (rng.random((40, 5)) < 0.6)
+    perturbed = rng.gamma(2.0, size=(25, 5)) + 0.5
+    targets = transport_targets(controls, perturbed)
+    assert targets.shape == controls.shape
+    # The targets' mean is the perturbed mean: the transported cells have the perturbed means.
+    np.testing.assert_allclose(targets.mean(0), perturbed.mean(0), rtol=1e-5)
+    for gene in range(5):
+        # Monotone in the control value, and tied cells (all the zeros) share one target.
+        order = np.argsort(controls[:, gene], kind="stable")
+        assert np.all(np.diff(targets[order, gene]) >= -1e-6)
+        zeros = controls[:, gene] == 0
+        assert np.ptp(targets[zeros, gene]) == 0
+    # Equal-sized populations with distinct values: each cell goes to the perturbed value of its
+    # rank, so cells whose distribution does not change keep their values.
+    same = rng.normal(size=(30, 3))
+    np.testing.assert_allclose(transport_targets(same, same[::-1]), same, rtol=1e-5)
+
+
+def test_each_training_group_gets_the_response_of_the_other_groups():
+    """Leave-one-group-out: a group's own shift never enters the response it is trained with."""
+    means = np.array([[1.0, 0.0, 0.0], [0.9, 0.1, 0.0], [0.0, 0.0, 1.0]])
+    shifts = np.array([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 3.0]])
+    responses = transfer.Responses(["a", "b", "c"], means, shifts, [], [])
+    nearest = transfer.Choice("similarity", 0.0, 0.5, 1.0, pd.DataFrame())  # τ = 0, α = 0.5
+    out = left_out_transfers(nearest, responses)
+    # a's and b's nearest other group is each other; c resembles neither more: a tie, averaged.
+    np.testing.assert_allclose(out[0], 0.5 * shifts[1])
+    np.testing.assert_allclose(out[1], 0.5 * shifts[0])
+    average = transfer.Choice("similarity", None, 1.0, 1.0, pd.DataFrame())
+    np.testing.assert_allclose(left_out_transfers(average, responses)[2],
+                               shifts[:2].mean(0))
 
 
 def test_masked_value_loss_decreases(held_out, keys):
@@ -107,6 +150,46 @@ def test_masked_value_loss_decreases(held_out, keys):
     # can only explain a few per cent of the masked MSE of these simulated cells.
     assert loss[-1] < 0.97 * loss[0]
     assert np.all(loss[3:] < loss[0])
+
+
+def test_untrained_network_predicts_control_plus_the_baselines_transfer(held_out, keys):
+    """The change head starts at zero: each cell's prediction is its own expression plus the
+    response similarity_shift adds (clipped at zero), and the transfer is the baseline's."""
+    train, control = held_out
+    untrained = {**TINY, "pretrain_epochs": 0, "finetune_epochs": 0}
+    model = get_model_class("transformer")(keys).fit(train, untrained, seed=0)
+    baseline = get_model_class("similarity_shift")(keys).fit(train, {}, seed=0)
+    pred, expected = model.predict(control), baseline.predict(control)
+    np.testing.assert_allclose(dense(pred.X), np.maximum(dense(expected.X), 0), atol=1e-5)
+    assert model.transfer == baseline.transfer
+
+
+def test_predictions_follow_their_own_control_cell(fitted, held_out):
+    """Residual prediction keeps cell-to-cell variation: a collapse to the mean (every cell
+    predicted alike) fails all three checks."""
+    _, control = held_out
+    P, C = dense(fitted.predict(control).X), dense(control.X)
+    varies = C.std(0) > 0
+    # Per-gene SD of the predictions close to the controls', far from 0.
+    ratio = np.median(P.std(0)[varies]) / np.median(C.std(0)[varies])
+    assert 0.8 < ratio < 1.25
+    # Each predicted cell is its own control cell, moved: per gene they correlate across cells,
+    # and the change varies far less from cell to cell than the cells themselves do.
+    r = [np.corrcoef(P[:, j], C[:, j])[0, 1] for j in np.flatnonzero(varies)]
+    assert np.median(r) > 0.9
+    assert np.median((P - C).std(0)[varies]) < 0.5 * np.median(C.std(0)[varies])
+
+
+def test_prediction_records_the_transfer(fitted, held_out, keys):
+    train, control = held_out
+    record = json.loads(fitted.predict(control).uns["pertflow"]["transfer"])
+    assert record["method"] == "similarity" and record["space"] == "genes"
+    assert 0 <= record["alpha"] <= 1 and "tau" in record
+    paired = transfer.paired_groups(train.obs[keys.condition].to_numpy(),
+                                    train.obs[keys.group].astype(str).to_numpy(),
+                                    keys.control, keys.perturbed)
+    assert sorted(record["weights"]) == sorted(paired)
+    assert sum(record["weights"].values()) == pytest.approx(1, abs=1e-4)
 
 
 def test_prediction_covers_every_gene_of_every_control_cell(fitted, held_out, keys):
@@ -131,10 +214,12 @@ def test_same_seed_same_model_and_other_seed_differs(fitted, held_out, keys):
 def test_save_and_load_give_the_same_predictions(fitted, held_out, tmp_path):
     _, control = held_out
     fitted.save(tmp_path)
-    assert {"model.json", "model.pt", "losses.csv"} <= {p.name for p in tmp_path.iterdir()}
+    assert {"model.json", "model.pt", "losses.csv", "responses.npz"} <= {
+        p.name for p in tmp_path.iterdir()}
     loaded = Model.load(tmp_path)
-    np.testing.assert_array_equal(dense(loaded.predict(control).X),
-                                  dense(fitted.predict(control).X))
+    pred, again = loaded.predict(control), fitted.predict(control)
+    np.testing.assert_array_equal(dense(pred.X), dense(again.X))
+    assert pred.uns["pertflow"]["transfer"] == again.uns["pertflow"]["transfer"]
     np.testing.assert_array_equal(loaded.embed(control)["X_transformer"],
                                   fitted.embed(control)["X_transformer"])
     pd.testing.assert_frame_equal(loaded.history, fitted.history)

@@ -1,7 +1,13 @@
 """Tables and plain-words summaries of the tidy metrics table: means with 95% intervals over seeds
-(and over held-out groups), and each model against the best baseline."""
+(and over held-out groups), and each model against the best baseline; and the table of the
+transfer choices (settings and per-group weights) that models transferring the training groups'
+responses recorded in their predictions."""
 
 from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -113,7 +119,7 @@ def comparisons(table: pd.DataFrame, baseline_names: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _number(value: float) -> str:
+def format_number(value: float) -> str:
     # Rounded first so that the float noise of a difference between equal means reads as 0.
     return "n/a" if pd.isna(value) else f"{round(value, 12) + 0.0:.3g}"
 
@@ -121,14 +127,17 @@ def _number(value: float) -> str:
 def _difference(row: pd.Series) -> str:
     """A comparison row's difference to the best baseline, its interval and number of pairs."""
     interval = ("no interval: one pair" if pd.isna(row["difference_ci_low"]) else
-                f"95% CI {_number(row['difference_ci_low'])} to "
-                f"{_number(row['difference_ci_high'])}")
-    return f"difference {_number(row['difference'])} ({interval}, {row['n_pairs']} pairs)"
+                f"95% CI {format_number(row['difference_ci_low'])} to "
+                f"{format_number(row['difference_ci_high'])}")
+    return f"difference {format_number(row['difference'])} ({interval}, {row['n_pairs']} pairs)"
 
 
-def summary_markdown(dataset: str, table: pd.DataFrame, baseline_names: list[str]) -> str:
+def summary_markdown(dataset: str, table: pd.DataFrame, baseline_names: list[str],
+                     transfer: pd.DataFrame | None = None) -> str:
     """Plain-words Markdown: for every metric, which model wins and by how much against the best
-    baseline, with the numbers; then each non-baseline model against the best baseline."""
+    baseline, with the numbers; then each non-baseline model against the best baseline; then,
+    when the ``transfer`` table (``transfer_table``) is given, what each transferring model chose
+    (mean α, the most weighted training groups per held-out group)."""
     compared = comparisons(table, baseline_names)
     models = sorted(table["model"].unique())
     groups = sorted(table["group"].astype(str).unique())
@@ -153,7 +162,7 @@ def summary_markdown(dataset: str, table: pd.DataFrame, baseline_names: list[str
         tied = [m for m in rows.index.drop(winner) if np.isclose(rows.at[m, "mean"], win["mean"])]
         tie = f" (tied with {', '.join(tied)})" if tied else ""
         text = (f"- **{metric}** ({win['better']} is better): **{winner}**{tie} wins with "
-                f"{_number(win['mean'])}, best in {win['groups_won']} of {win['n_groups']} "
+                f"{format_number(win['mean'])}, best in {win['groups_won']} of {win['n_groups']} "
                 "held-out groups")
         baseline = win["best_baseline"]
         if baseline is None:
@@ -166,10 +175,11 @@ def summary_markdown(dataset: str, table: pd.DataFrame, baseline_names: list[str
                 runner = best(rest["mean"], win["better"])
                 kind = "baseline" if rest.at[runner, "is_baseline"] else "model"
                 text += (f"; it is the best baseline, and the next {kind}, {runner}, reaches "
-                         f"{_number(rest.at[runner, 'mean'])}: {_difference(rest.loc[runner])}.")
+                         f"{format_number(rest.at[runner, 'mean'])}: "
+                         f"{_difference(rest.loc[runner])}.")
         else:
-            text += (f"; the best baseline, {baseline}, reaches {_number(win['baseline_mean'])}: "
-                     f"{_difference(win)}.")
+            text += (f"; the best baseline, {baseline}, reaches "
+                     f"{format_number(win['baseline_mean'])}: {_difference(win)}.")
         lines.append(text)
     others = [m for m in models if m not in baselines_present]
     if baselines_present and others:
@@ -181,4 +191,134 @@ def summary_markdown(dataset: str, table: pd.DataFrame, baseline_names: list[str
                          f"metrics ({', '.join(ahead['metric']) or 'none'}); on "
                          f"{int(ahead['interval_excludes_zero'].sum())} of them the 95% interval "
                          "of the difference excludes zero.")
+    if transfer is not None:
+        lines += ["", "## Transfer between groups", "", *_transfer_markdown(transfer)]
     return "\n".join(lines) + "\n"
+
+
+def _transfer_markdown(transfer: pd.DataFrame) -> list[str]:
+    overview = transfer_overview(transfer)
+    if overview.empty:
+        return ["No model transfers the responses of the training groups."]
+    lines = ["Models that predict a held-out group from the responses of the training groups that "
+             "resemble it: the response scale α they chose on the training groups (mean over "
+             "held-out groups and seeds) and, per held-out group, the settings chosen and the "
+             "most weighted training groups (mean weight over seeds).", ""]
+    for model, rows in overview.groupby("model", sort=True):
+        runs = transfer[transfer["model"] == model]
+        alpha = pd.to_numeric(runs["alpha"]).mean()
+        lines.append(f"- **{model}**: mean chosen α {format_number(alpha)} over {len(runs)} runs "
+                     f"({len(rows)} held-out groups); most weighted training groups:")
+        for _, row in rows.iterrows():
+            weights = row["top_weights"] or "no weights recorded"
+            lines.append(f"  - held out {row['group']} ({row['settings']}, α "
+                         f"{format_number(row['alpha'])}): {weights}")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# Transfer choices: what the models that transfer the training groups' responses chose
+
+# One row per run of a transferring model. Whatever else a choice records (such as the score of
+# the choice on the training groups, `inner_score`) goes between `alpha` and `weights`; numeric
+# per-training-group weights follow, named WEIGHT_PREFIX + group (empty where the group did not
+# train that run).
+TRANSFER_COLUMNS = ["model", "group", "seed", "method", "space", "tau", "k", "alpha", "weights"]
+WEIGHT_PREFIX = "weight_"
+# The key of the score the chosen settings reached on the training groups (older predictions
+# recorded an R²).
+INNER_SCORE_KEYS = ("inner_score", "inner_r2")
+
+
+def read_transfer(path: str | Path) -> dict | None:
+    """The transfer choice a prediction records (``uns["pertflow"]["transfer"]``, a JSON string),
+    read from the h5ad's ``uns`` alone, not its matrix; None for a model that does not transfer."""
+    import h5py
+    from anndata.io import read_elem
+
+    with h5py.File(path, "r") as f:
+        node = f.get("uns/pertflow/transfer")
+        if node is None:
+            return None
+        value = read_elem(node)
+    if isinstance(value, bytes):
+        value = value.decode()
+    if not isinstance(value, str):
+        return dict(value)
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}: uns['pertflow']['transfer'] is not JSON ({error}); delete the "
+                        "prediction so that its model runs again.") from error
+
+
+def format_weights(weights: dict[str, float], top: int | None = None) -> str:
+    """``"CD8T 0.60, NK 0.35, B 0.05"``: groups by decreasing weight (ties by name), the first
+    ``top`` of them (all by default)."""
+    ranked = sorted(weights.items(), key=lambda item: (-item[1], item[0]))[:top]
+    return ", ".join(f"{group} {weight:.2f}" for group, weight in ranked)
+
+
+def transfer_table(runs: Iterable[dict]) -> pd.DataFrame:
+    """The transfer choices of every run: ``runs`` are dicts with model, group (held out), seed
+    and transfer (the decoded choice of ``read_transfer``; None for a model that does not
+    transfer, which gets no row). Columns ``TRANSFER_COLUMNS`` (``tau`` empty for a plain
+    average, ``k`` for per-cell methods only; ``weights`` readable, by decreasing weight), with
+    any other value the choices record (e.g. ``inner_score``) before ``weights``, then the weights
+    again, one numeric column per training group. No run transfers: the header only."""
+    known = set(TRANSFER_COLUMNS)
+    rows, extra = [], {}
+    for run in runs:
+        choice = run.get("transfer")
+        if not choice:
+            continue
+        weights = {str(g): float(w) for g, w in (choice.get("weights") or {}).items()}
+        row = {"model": run["model"], "group": str(run["group"]), "seed": int(run["seed"])}
+        row |= {key: value for key, value in choice.items()
+                if key not in known and not isinstance(value, dict | list)}
+        extra |= dict.fromkeys(key for key in row if key not in known)
+        row |= {key: choice.get(key) for key in TRANSFER_COLUMNS[3:-1]}
+        row["weights"] = format_weights(weights)
+        row |= {WEIGHT_PREFIX + group: weight for group, weight in weights.items()}
+        rows.append(row)
+    weight_columns = sorted({c for row in rows for c in row if c.startswith(WEIGHT_PREFIX)})
+    columns = [*TRANSFER_COLUMNS[:-1], *sorted(extra), "weights", *weight_columns]
+    table = pd.DataFrame(rows, columns=columns)
+    return table.sort_values(["model", "group", "seed"]).reset_index(drop=True)
+
+
+def transfer_settings(run: pd.Series) -> str:
+    """A run's chosen settings in words: ``"similarity in genes, τ 0.1"``, ``"per_cell in pca,
+    k 20"``, ``"similarity in genes, τ none (plain average)"``, ``"average"``."""
+    text = str(run["method"])
+    if pd.notna(run.get("space")):
+        text += f" in {run['space']}"
+    if pd.notna(run.get("k")):
+        text += f", k {float(run['k']):g}"
+    elif run["method"] == "similarity":
+        text += ", τ none (plain average)" if pd.isna(run.get("tau")) else \
+            f", τ {format_number(float(run['tau']))}"
+    return text
+
+
+def transfer_overview(transfer: pd.DataFrame, top: int = 3) -> pd.DataFrame:
+    """Per transferring model and held-out group, over its seeds: the settings chosen (distinct
+    ones joined by "; "), mean α and mean inner score (``INNER_SCORE_KEYS``; NaN where none is
+    recorded), the number of seeds, and the ``top`` training groups by mean weight
+    (``top_weights``, as ``format_weights``; empty when none recorded)."""
+    columns = ["model", "group", "n_seeds", "settings", "alpha", "inner_score", "top_weights"]
+    weight_columns = [c for c in transfer.columns if c.startswith(WEIGHT_PREFIX)]
+    inner = next((key for key in INNER_SCORE_KEYS if key in transfer.columns), None)
+    rows = []
+    for (model, group), runs in transfer.groupby(["model", "group"], sort=True):
+        trained = runs[weight_columns].notna().any()
+        weights = runs[weight_columns].loc[:, trained].fillna(0).mean()
+        rows.append({"model": model, "group": str(group), "n_seeds": runs["seed"].nunique(),
+                     "settings": "; ".join(dict.fromkeys(transfer_settings(r)
+                                                         for _, r in runs.iterrows())),
+                     "alpha": pd.to_numeric(runs["alpha"]).mean(),
+                     "inner_score": np.nan if inner is None else
+                     pd.to_numeric(runs[inner]).mean(),
+                     "top_weights": format_weights(
+                         {c.removeprefix(WEIGHT_PREFIX): w for c, w in weights.items()}, top)})
+    return pd.DataFrame(rows, columns=columns)

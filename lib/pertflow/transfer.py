@@ -7,9 +7,10 @@ a model's latent space):
 
 - ``similarity``: each training group g with cells in both conditions has its own shift
   delta_g = mean perturbed − mean control. A held-out group gets Σ_g w_g delta_g with
-  w_g ∝ exp(sim_g / τ), where sim_g is the Pearson correlation between g's control mean and the
+  w_g ∝ exp(sim_g / τ), where sim_g is the cosine similarity between g's control mean and the
   held-out controls' mean, both centred on the mean of the groups' control means (uncentred, the
-  profile every group shares makes every group look alike). τ = 0 keeps the most similar group
+  profile every group shares makes every group look alike). Cosine rather than Pearson: a
+  dimension that is the same in every group (a latent part the response alone uses) adds nothing. τ = 0 keeps the most similar group
   only; τ = None is the plain average.
 - ``per_cell`` (scPRAM, Jiang et al., Bioinformatics 2024): within each training group, exact
   optimal transport (squared Euclidean cost) pairs control with perturbed cells; a control cell's
@@ -116,12 +117,10 @@ def changed_genes(X, condition: np.ndarray, groups: np.ndarray, names: list[str]
 
 
 def similarities(control_means: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Pearson correlation of each row of ``control_means`` with ``target``, all centred on the
+    """Cosine similarity of each row of ``control_means`` with ``target``, all centred on the
     mean of ``control_means``'s rows."""
     centre = control_means.mean(0)
     rows, target = control_means - centre, target - centre
-    rows = rows - rows.mean(1, keepdims=True)
-    target = target - target.mean()
     norms = np.linalg.norm(rows, axis=1) * np.linalg.norm(target)
     with np.errstate(invalid="ignore", divide="ignore"):
         sim = rows @ target / norms

@@ -1,12 +1,24 @@
-"""A small scGPT-style transformer trained from scratch: cells as sequences of gene tokens.
+"""A small scGPT-style transformer trained from scratch: cells as sequences of gene tokens, each
+predicting its own change under the perturbation on top of the responses of similar groups.
 
 Cui et al. (Nature Methods 2024) represent a cell as a set of (gene, binned expression) tokens
 and learn by predicting masked expression values. Pretrained weights are not available here, so
 this module builds the same kind of model at a size that trains on one dataset, then uses it for
 scGen-style leave-one-cell-type-out prediction.
 
+Prediction is residual, on the log-normalised scale of X: a control cell x becomes
+
+    x + r + change(x, r)
+
+where r (genes) is the response transferred from the training groups that resemble the cell's
+group — exactly what the baseline ``similarity_shift`` adds (``pertflow.transfer``: group shifts
+weighted by the similarity of their control means, τ and α chosen by leave-one-group-out) — and
+the network predicts a per-cell, per-gene correction. Each cell keeps its own expression, so the
+predicted cells vary as the controls do; an untrained network (the change head starts at zero)
+predicts exactly what the baseline does.
+
 Tokens. Position i of a cell's sequence carries
-    gene_embedding[gene_i] + value_embedding[bin_i] + condition_embedding[condition]
+    gene_embedding[gene_i] + value_embedding[bin_i] + response_embedding(r_i) + condition_embedding
 and a learned ``<cls>`` token comes first. Bins are per cell (scGPT's value binning): a zero stays
 bin 0; non-zero values fall into bins 1..n_bins-1 at the cell's own quantiles, so sequencing depth
 does not change the tokens. There is no positional embedding: the gene identity is the position.
@@ -18,12 +30,18 @@ is where a perturbation switches genes on). Prediction covers every gene: the ex
 kept and the remaining genes are queried in chunks beside it.
 
 Training.
-  1. Masked-value modelling on every training cell with its own condition token: a fraction of
-     value tokens is replaced by a mask token and their continuous expression is predicted (MSE).
-  2. Perturbation fine-tuning: a control cell of a training group, given the perturbed condition
-     token, predicts the expression of a perturbed cell of the same group, drawn at random and
-     re-drawn every epoch (scGPT's fine-tuning likewise pairs control and perturbed cells).
-Prediction: the held-out group's control cells with the perturbed condition token.
+  1. Masked-value modelling on every training cell with its own condition token and no response:
+     a fraction of value tokens is replaced by a mask token and their expression predicted (MSE).
+  2. Perturbation fine-tuning: a control cell of a training group g, given the perturbed condition
+     token and the response transferred to g from the *other* groups (what a held-out group gets
+     from all of them, so the network never learns to copy g's own shift), predicts its perturbed
+     state. The target is per gene: the control cell's value carried onto g's perturbed cells by
+     1-D optimal transport (``transport_targets``). It is a monotone map of the cell's own value,
+     so it is learnable from the cell, unlike a random perturbed cell (whose best MSE prediction
+     is the perturbed mean for every cell: the collapse this design removes), and the targets of
+     g's controls have the perturbed cells' mean.
+Prediction: the held-out group's control cells, with the perturbed condition token and the
+response transferred from every paired training group (recorded in ``self.transfer``).
 """
 
 from __future__ import annotations
@@ -40,7 +58,9 @@ import scipy.sparse as sp
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from scipy.stats import rankdata
 
+from pertflow import transfer
 from pertflow.models.base import Model, register
 from pertflow.torch_utils import resolve_device, reuse_freed_memory, seed_everything
 from pertflow.utils import dense
@@ -87,23 +107,6 @@ def training_genes(expressed: np.ndarray, max_genes: int, rng: np.random.Generat
     return np.concatenate([context, rest[: max_genes - context.size]])
 
 
-def draw_pairs(condition: np.ndarray, groups: np.ndarray, rng: np.random.Generator):
-    """Fine-tuning pairs for one epoch, shuffled: every control cell of a group that has
-    perturbed cells is the input once, and its target is a random perturbed cell of its group.
-    Returns (input rows, target rows)."""
-    sources, targets = [], []
-    for group in np.unique(groups):
-        controls = np.flatnonzero((groups == group) & (condition == CONTROL))
-        perturbed = np.flatnonzero((groups == group) & (condition == PERTURBED))
-        if controls.size and perturbed.size:
-            sources.append(controls)
-            targets.append(rng.choice(perturbed, size=controls.size))
-    if not sources:
-        raise ValueError("transformer: no training group has both control and perturbed cells")
-    order = rng.permutation(sum(part.size for part in sources))
-    return np.concatenate(sources)[order], np.concatenate(targets)[order]
-
-
 def pad_batch(sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Stack ragged gene-index sequences; returns (padded indices, padding mask: True = pad)."""
     length = max(seq.size for seq in sequences)
@@ -113,6 +116,45 @@ def pad_batch(sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         genes[i, : seq.size] = seq
         pad[i, : seq.size] = False
     return genes, pad
+
+
+# ----------------------------------------------------------------------------- responses
+
+def transport_targets(controls: np.ndarray, perturbed: np.ndarray) -> np.ndarray:
+    """Per gene, each control cell's value carried onto the perturbed cells by 1-D optimal
+    transport with uniform masses: the mean of the perturbed values in the quantile slice that
+    the cell's rank occupies (tied cells share their block's slice, so all zeros get one value).
+
+    controls: (n_c, genes), perturbed: (n_p, genes) → (n_c, genes). The targets' mean over cells
+    is the perturbed mean, and they are monotone in the control value."""
+    n_c, n_p = len(controls), len(perturbed)
+    below = rankdata(controls, axis=0, method="min") - 1     # (n_c, genes) cells below the block
+    through = rankdata(controls, axis=0, method="max")       # (n_c, genes) ... through its end
+    ordered = np.sort(perturbed.astype(np.float64), axis=0)  # (n_p, genes)
+    cumulative = np.vstack([np.zeros((1, ordered.shape[1])), np.cumsum(ordered, axis=0)])
+
+    def mass_up_to(rank):  # sum of the ordered perturbed values up to quantile rank / n_c
+        position = rank / n_c * n_p
+        whole = np.minimum(np.floor(position).astype(np.int64), n_p - 1)
+        return (np.take_along_axis(cumulative, whole, axis=0)
+                + (position - whole) * np.take_along_axis(ordered, whole, axis=0))
+
+    return ((mass_up_to(through) - mass_up_to(below))
+            / ((through - below) / n_c * n_p)).astype(np.float32)
+
+
+def left_out_transfers(choice: transfer.Choice, responses: transfer.Responses) -> np.ndarray:
+    """(groups, genes): the response each paired group gets from the *other* groups, weighted by
+    the similarity of their control means to its own — as a held-out group gets it from all."""
+    out = np.zeros_like(responses.shifts)
+    for i in range(len(responses.names)):
+        others = [j for j in range(len(responses.names)) if j != i]
+        if others:  # with one paired group there is nothing to transfer from
+            rest = transfer.Responses([responses.names[j] for j in others],
+                                      responses.control_means[others],
+                                      responses.shifts[others], [], [])
+            out[i] = transfer.transferred(choice, rest, responses.control_means[i][None])[0][0]
+    return out
 
 
 # ----------------------------------------------------------------------------- network
@@ -142,7 +184,8 @@ class Block(nn.Module):
 
 
 class CellTransformer(nn.Module):
-    """Gene + value + condition embeddings → transformer encoder → expression per position."""
+    """Gene + value + response + condition embeddings → transformer encoder → a state per gene
+    position, read by two heads: the masked value (pretraining) and the change (fine-tuning)."""
 
     def __init__(self, n_genes: int, n_bins: int, n_layers: int, d_model: int, n_heads: int,
                  dropout: float):
@@ -150,6 +193,7 @@ class CellTransformer(nn.Module):
         self.mask_bin = n_bins  # value token of a masked position, one past the real bins
         self.gene_embedding = nn.Embedding(n_genes, d_model)
         self.value_embedding = nn.Embedding(n_bins + 1, d_model)
+        self.response_embedding = nn.Linear(1, d_model)  # the transferred response of the gene
         self.condition_embedding = nn.Embedding(2, d_model)
         self.cls = nn.Parameter(torch.randn(d_model))
         self.blocks = nn.ModuleList(Block(d_model, n_heads, dropout) for _ in range(n_layers))
@@ -159,13 +203,22 @@ class CellTransformer(nn.Module):
         # Each gene's typical level, set to its training mean so the network learns deviations
         # from the start instead of spending early epochs on thousands of gene offsets.
         self.gene_level = nn.Parameter(torch.zeros(n_genes))
+        self.change_head = nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(),
+                                         nn.Linear(d_model, 1))
+        # The change starts at zero: an untrained network predicts control + transferred response.
+        nn.init.zeros_(self.change_head[-1].weight)
+        nn.init.zeros_(self.change_head[-1].bias)
 
-    def forward(self, genes: torch.Tensor, bins: torch.Tensor, condition: torch.Tensor,
-                pad: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """genes, bins: (batch, length) ints; condition: (batch,); pad: (batch, length), True = pad.
+    def forward(self, genes: torch.Tensor, bins: torch.Tensor, response: torch.Tensor,
+                condition: torch.Tensor, pad: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """genes, bins: (batch, length) ints; response: (batch, length) floats; condition:
+        (batch,); pad: (batch, length), True = pad.
 
-        Returns predicted expression (batch, length) and the ``<cls>`` state (batch, d_model)."""
-        tokens = self.gene_embedding(genes) + self.value_embedding(bins)
+        Returns the final state of every gene position (batch, length, d_model) and of the
+        ``<cls>`` token (batch, d_model)."""
+        tokens = (self.gene_embedding(genes) + self.value_embedding(bins)
+                  + self.response_embedding(response[..., None]))
         cls = self.cls.expand(genes.shape[0], 1, -1)
         x = torch.cat([cls, tokens], dim=1) + self.condition_embedding(condition)[:, None, :]
         attend = None
@@ -176,15 +229,23 @@ class CellTransformer(nn.Module):
         for block in self.blocks:
             x = block(x, attend)
         x = self.ln_final(x)
-        expression = self.expression_head(x[:, 1:]).squeeze(-1) + self.gene_level[genes]
-        return expression, x[:, 0]
+        return x[:, 1:], x[:, 0]
+
+    def expression(self, state: torch.Tensor, genes: torch.Tensor) -> torch.Tensor:
+        """Predicted expression (batch, length) of masked positions."""
+        return self.expression_head(state).squeeze(-1) + self.gene_level[genes]
+
+    def change(self, state: torch.Tensor) -> torch.Tensor:
+        """Predicted change (batch, length) beyond the transferred response."""
+        return self.change_head(state).squeeze(-1)
 
 
 # ----------------------------------------------------------------------------- model
 
 @register("transformer")
 class Transformer(Model):
-    """scGPT-style transformer: masked-value pretraining, then control→perturbed fine-tuning."""
+    """scGPT-style transformer: masked-value pretraining, then residual fine-tuning of each control
+    cell's change on top of the response transferred from similar training groups."""
 
     defaults = {
         "n_layers": 4,
@@ -199,6 +260,7 @@ class Transformer(Model):
         "batch_size": 32,
         "lr": 1e-3,
         "weight_decay": 0.01,
+        "score_genes": 100,    # each training group's most changed genes the transfer is chosen on
         "device": "auto",
     }
 
@@ -211,34 +273,61 @@ class Transformer(Model):
         reuse_freed_memory()
         rng = np.random.default_rng(self.seed)
         self.genes = list(train.var_names)
-        self._build_network()
-
-        X = sp.csr_matrix(train.X, dtype=np.float32)
-        with torch.no_grad():
-            self.net.gene_level.copy_(torch.from_numpy(np.asarray(X.mean(axis=0)).ravel()))
-        bins = bin_expression(X, p["n_bins"])
-        condition = np.where(train.obs[k.condition].to_numpy() == k.perturbed, PERTURBED, CONTROL)
+        X = dense(train.X).astype(np.float32)                 # (cells, genes)
+        condition = train.obs[k.condition].to_numpy()
         groups = train.obs[k.group].astype(str).to_numpy()
 
+        # The transfer, chosen on the training groups as the baseline similarity_shift does.
+        r = transfer.group_responses(X, condition, groups, k.control, k.perturbed,
+                                     np.random.default_rng(self.seed))
+        scored = transfer.changed_genes(X, condition, groups, r.names, k.control, k.perturbed,
+                                        p["score_genes"])
+        self.choice = transfer.choose("similarity", r, scored, lambda Z, g: Z.mean(0)[g],
+                                      linear=True)
+        self.transfer = self.choice.record("genes")
+        self.responses = transfer.Responses(r.names, r.control_means, r.shifts, [], [])
+
+        # Fine-tuning data: each paired group's control cells, the response the other groups
+        # transfer to that group, and the cells' transport targets on its perturbed cells.
+        responses = left_out_transfers(self.choice, self.responses).astype(np.float32)
+        sources, response_rows, targets = [], [], []
+        for i, name in enumerate(r.names):
+            controls = np.flatnonzero((groups == name) & (condition == k.control))
+            perturbed = np.flatnonzero((groups == name) & (condition == k.perturbed))
+            sources.append(controls)
+            response_rows.append(np.full(controls.size, i))
+            targets.append(transport_targets(X[controls], X[perturbed]))
+        sources, response_rows = np.concatenate(sources), np.concatenate(response_rows)
+        targets = np.concatenate(targets)                      # (pairs, genes), rows like sources
+
+        self._build_network()
+        with torch.no_grad():
+            self.net.gene_level.copy_(torch.from_numpy(X.mean(axis=0)))
+        bins = bin_expression(X, p["n_bins"])                 # sparse, like the cells' zeros
+        is_perturbed = np.where(condition == k.perturbed, PERTURBED, CONTROL)
         optimizer = torch.optim.AdamW(self.net.parameters(), lr=p["lr"],
                                       weight_decay=p["weight_decay"])
-        n_pairs = draw_pairs(condition, groups, rng)[0].size  # the same every epoch
         steps = (p["pretrain_epochs"] * math.ceil(X.shape[0] / p["batch_size"])
-                 + p["finetune_epochs"] * math.ceil(n_pairs / p["batch_size"]))
+                 + p["finetune_epochs"] * math.ceil(sources.size / p["batch_size"]))
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=p["lr"],
                                                        total_steps=max(steps, 1), pct_start=0.1)
+        n = X.shape[0]
+        phases = {
+            "pretrain": dict(cells=np.arange(n), tokens=is_perturbed, targets=None,
+                             responses=np.zeros((1, X.shape[1]), dtype=np.float32),
+                             response_rows=np.zeros(n, dtype=np.int64)),
+            "finetune": dict(cells=sources, tokens=np.full(sources.size, PERTURBED),
+                             targets=targets, responses=responses, response_rows=response_rows),
+        }
         records = []
-        for epoch in range(p["pretrain_epochs"]):
-            order = rng.permutation(X.shape[0])
-            loss = self._epoch(optimizer, schedule, rng, X, bins, order, condition[order])
-            records.append({"phase": "pretrain", "epoch": epoch, "loss": loss})
-            log.info("transformer pretrain epoch %d: masked MSE %.4f", epoch, loss)
-        for epoch in range(p["finetune_epochs"]):
-            sources, targets = draw_pairs(condition, groups, rng)  # re-drawn every epoch
-            loss = self._epoch(optimizer, schedule, rng, X, bins, sources,
-                               np.full(sources.size, PERTURBED), targets)
-            records.append({"phase": "finetune", "epoch": epoch, "loss": loss})
-            log.info("transformer finetune epoch %d: pair MSE %.4f", epoch, loss)
+        for phase, epochs in (("pretrain", p["pretrain_epochs"]),
+                              ("finetune", p["finetune_epochs"])):
+            data = phases[phase]
+            for epoch in range(epochs):
+                order = rng.permutation(data["cells"].size)
+                loss = self._epoch(optimizer, schedule, rng, X, bins, data, order)
+                records.append({"phase": phase, "epoch": epoch, "loss": loss})
+                log.info("transformer %s epoch %d: MSE %.4f", phase, epoch, loss)
         self.history = pd.DataFrame(records, columns=["phase", "epoch", "loss"])
 
     def _build_network(self) -> None:
@@ -246,43 +335,60 @@ class Transformer(Model):
         self.net = CellTransformer(len(self.genes), p["n_bins"], p["n_layers"], p["d_model"],
                                    p["n_heads"], p["dropout"]).to(self.device)
 
-    def _epoch(self, optimizer, schedule, rng, X, bins, cells, tokens, targets=None) -> float:
-        """One pass over ``cells`` with condition tokens ``tokens``. targets=None: masked-value
-        modelling of the cells themselves; else row targets[i] is the target of input cells[i]."""
+    def _epoch(self, optimizer, schedule, rng, X, bins, data, order) -> float:
+        """One pass over the samples of ``data`` in ``order``: sample i is cell data["cells"][i]
+        of X with condition token data["tokens"][i] and response row
+        data["responses"][data["response_rows"][i]]. targets None: masked-value modelling of
+        the cells themselves; else data["targets"][i] (genes) is the perturbed state of cell i."""
         p = self.params
         self.net.train()
-        total, count = 0.0, 0
-        for start in range(0, cells.size, p["batch_size"]):
-            batch = cells[start: start + p["batch_size"]]
-            inputs = X[batch]
-            genes = np.stack([training_genes(row > 0, p["max_genes"], rng)
-                              for row in dense(inputs)])
-            values_in = np.take_along_axis(dense(bins[batch]), genes, axis=1)
-            source = inputs if targets is None else X[targets[start: start + p["batch_size"]]]
-            values = np.take_along_axis(dense(source), genes, axis=1)
-            if targets is None:
+        total = 0.0
+        for start in range(0, order.size, p["batch_size"]):
+            batch = order[start: start + p["batch_size"]]
+            cells = data["cells"][batch]
+            x = X[cells]                                                          # (B, genes)
+            genes = np.stack([training_genes(row > 0, p["max_genes"], rng) for row in x])
+            own = np.take_along_axis(x, genes, axis=1)                            # (B, L)
+            values_in = np.take_along_axis(dense(bins[cells]), genes, axis=1)
+            response = np.take_along_axis(data["responses"][data["response_rows"][batch]],
+                                          genes, axis=1)
+            if data["targets"] is None:
                 scored = rng.random(genes.shape) < p["mask_fraction"]
                 values_in[scored] = self.net.mask_bin
+                pred = self._forward(genes, values_in, response, data["tokens"][batch])[0]
+                target = own
             else:
                 scored = np.ones(genes.shape, dtype=bool)
-            pred = self._forward(genes, values_in, tokens[start: start + p["batch_size"]])[0]
+                pred = self._forward(genes, values_in, response, data["tokens"][batch],
+                                     own=own)[0]
+                target = np.take_along_axis(data["targets"][batch], genes, axis=1)
             scored_t = torch.from_numpy(scored).to(self.device)
-            target_t = torch.from_numpy(values).to(self.device)
-            loss = F.mse_loss(pred.float()[scored_t], target_t[scored_t])
+            target_t = torch.from_numpy(target).to(self.device)
+            loss = F.mse_loss(pred[scored_t], target_t[scored_t])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
             optimizer.step()
             schedule.step()
             total += loss.item() * batch.size
-            count += batch.size
-        return total / max(count, 1)
+        return total / max(order.size, 1)
 
-    def _forward(self, genes, bins, condition, pad=None):
-        to = lambda a: torch.as_tensor(a).to(self.device)  # noqa: E731
+    def _forward(self, genes, bins, response, condition, pad=None, own=None):
+        """Run the network on numpy inputs; returns float32 (values (batch, length), <cls>).
+        values: the masked-value head's expression when ``own`` is None, else the perturbed state
+        own + response + change of cells whose values at ``genes`` are ``own``."""
+        genes, bins, response, condition = (torch.as_tensor(a).to(self.device)
+                                            for a in (genes, bins, response, condition))
+        pad = None if pad is None else torch.as_tensor(pad).to(self.device)
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
                             enabled=self.device.type == "cuda"):
-            return self.net(to(genes), to(bins), to(condition), None if pad is None else to(pad))
+            state, cls = self.net(genes, bins, response, condition, pad)
+            values = (self.net.expression(state, genes) if own is None
+                      else self.net.change(state))
+        values = values.float()
+        if own is not None:
+            values = values + torch.as_tensor(own).to(self.device) + response
+        return values, cls.float()
 
     # -- inference ------------------------------------------------------------------------
 
@@ -292,13 +398,17 @@ class Transformer(Model):
 
     @torch.no_grad()
     def predict(self, control_cells: ad.AnnData) -> ad.AnnData:
-        """Every gene of every control cell under the perturbed token: the cell's expressed
-        context stays in each sequence while the remaining genes are queried in chunks beside it."""
+        """Every gene of every control cell under the perturbed token, given the response that
+        every paired training group transfers to these cells: the cell's expressed context stays
+        in each sequence while the remaining genes are queried in chunks beside it."""
         self._check_genes(control_cells)
         X = dense(control_cells.X).astype(np.float32)
         p = self.params
         self.net.eval()
         rng = np.random.default_rng(self.seed)
+        delta, weights = transfer.transferred(self.choice, self.responses, X)
+        self.transfer = self.choice.record("genes", weights)
+        response = delta[0].astype(np.float32)                                   # (genes,)
         bins = dense(bin_expression(X, p["n_bins"]))
         pred_sum = np.zeros(X.shape, dtype=np.float64)
         pred_count = np.zeros(X.shape, dtype=np.int64)
@@ -315,7 +425,9 @@ class Transformer(Model):
                 cells = owners[start: start + p["batch_size"]]
                 genes, pad = pad_batch(sequences[start: start + p["batch_size"]])
                 pred = self._forward(genes, np.take_along_axis(bins[cells], genes, axis=1),
-                                     np.full(cells.size, PERTURBED), pad)[0].float().cpu().numpy()
+                                     response[genes], np.full(cells.size, PERTURBED), pad,
+                                     own=np.take_along_axis(X[cells], genes, axis=1)
+                                     )[0].cpu().numpy()
                 rows, real = np.broadcast_to(cells[:, None], genes.shape), ~pad
                 np.add.at(pred_sum, (rows[real], genes[real]), pred[real])
                 np.add.at(pred_count, (rows[real], genes[real]), 1)
@@ -325,8 +437,8 @@ class Transformer(Model):
 
     @torch.no_grad()
     def embed(self, adata: ad.AnnData) -> dict[str, np.ndarray]:
-        """The ``<cls>`` state of each cell, with its own condition token, one training-style
-        sequence per cell."""
+        """The ``<cls>`` state of each cell, with its own condition token and no response, one
+        training-style sequence per cell."""
         self._check_genes(adata)
         p, k = self.params, self.keys
         self.net.eval()
@@ -339,8 +451,8 @@ class Transformer(Model):
             rows = np.arange(start, min(start + p["batch_size"], X.shape[0]))
             genes = np.stack([training_genes(X[r] > 0, p["max_genes"], rng) for r in rows])
             cls = self._forward(genes, np.take_along_axis(bins[rows], genes, axis=1),
-                                condition[rows])[1]
-            out.append(cls.float().cpu().numpy())
+                                np.zeros(genes.shape, dtype=np.float32), condition[rows])[1]
+            out.append(cls.cpu().numpy())
         return {"X_transformer": np.concatenate(out)}
 
     # -- checkpoint -----------------------------------------------------------------------
@@ -349,6 +461,10 @@ class Transformer(Model):
         torch.save(self.net.state_dict(), directory / "model.pt")
         (directory / "genes.json").write_text(json.dumps(self.genes))
         self.history.to_csv(directory / "losses.csv", index=False)
+        r = self.responses
+        np.savez(directory / "responses.npz", names=np.asarray(r.names, dtype=str),
+                 control_means=r.control_means, shifts=r.shifts)
+        self.choice.scores.to_csv(directory / "transfer_scores.csv")
 
     def _load_state(self, directory: Path) -> None:
         self.device = resolve_device(self.params["device"])
@@ -356,3 +472,7 @@ class Transformer(Model):
         self._build_network()
         self.net.load_state_dict(torch.load(directory / "model.pt", map_location=self.device))
         self.history = pd.read_csv(directory / "losses.csv")
+        state = np.load(directory / "responses.npz")
+        self.responses = transfer.Responses(list(state["names"]), state["control_means"],
+                                            state["shifts"], [], [])
+        self.choice = transfer.Choice.from_record(self.transfer)  # base.load restored the record
