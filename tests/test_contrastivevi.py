@@ -181,3 +181,25 @@ def test_unknown_option_value_is_refused(small_sim, keys):
 def test_missing_covariate_is_refused(small_sim, keys):
     with pytest.raises(DataError, match=r"obs\['batch'\] is missing"):
         fit(small_sim, keys, {**TINY, "covariates": ["batch"]})
+
+
+@pytest.mark.parametrize("how", ["similarity", "transport"])
+def test_salient_transfer_records_its_choice_and_survives_a_round_trip(small_sim, keys, how,
+                                                                       tmp_path):
+    group = small_sim.obs[keys.group].cat.categories[0]
+    in_group = (small_sim.obs[keys.group] == group).to_numpy()
+    train = small_sim[~(in_group & stimulated(small_sim, keys))].copy()
+    controls = small_sim[in_group & ~stimulated(small_sim, keys)]
+    model = fit(train, keys, {**TINY, "max_epochs": 5, "salient_transfer": how})
+    pred = model.predict(controls)
+    record = model.transfer
+    assert record["method"] == ("per_cell" if how == "transport" else "similarity")
+    assert group not in record["weights"] and np.isclose(sum(record["weights"].values()), 1)
+    assert "transfer" in pred.uns["pertflow"] and np.isfinite(pred.X).all()
+    model.save(tmp_path / "m")
+    np.testing.assert_allclose(Model.load(tmp_path / "m").predict(controls).X, pred.X, rtol=1e-6)
+
+
+def test_salient_transfer_with_covariates_is_refused(small_sim, keys):
+    with pytest.raises(ConfigError, match=r"needs `covariates: \[\]`"):
+        fit(small_sim, keys, {**TINY, "covariates": ["donor"], "salient_transfer": "similarity"})

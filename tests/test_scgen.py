@@ -252,3 +252,28 @@ def test_cosine_schedule_ends_at_the_final_fraction():
     assert factors[0] == 1.0 and factors[-1] == pytest.approx(0.1)
     assert all(a > b for a, b in zip(factors, factors[1:]))
     assert lr_factor(5, 10, "constant", 0.1) == 1.0
+
+
+@pytest.mark.parametrize("delta_groups", ["similarity", "transport"])
+def test_transferred_deltas_record_their_choice_and_survive_a_round_trip(small_sim, keys,
+                                                                         delta_groups, tmp_path):
+    """The same trained VAE, with the delta re-chosen: the transfer is chosen on the training
+    groups only, recorded in the prediction, and what is saved predicts the same."""
+    parts = held_out(small_sim, keys)
+    group = parts["control"].obs[keys.group].iloc[0]
+    cls = get_model_class("scgen")
+    model = cls(keys).fit(parts["train"], {**FAST, "delta_groups": delta_groups}, seed=0)
+    pred = model.predict(parts["control"])
+    record = model.transfer
+    assert record["method"] == ("per_cell" if delta_groups == "transport" else "similarity")
+    assert record["space"] == "scgen latent" and 0 <= record["alpha"] <= 1
+    assert group not in record["weights"] and np.isclose(sum(record["weights"].values()), 1)
+    assert "transfer" in pred.uns["pertflow"]
+    model.save(tmp_path / "scgen")
+    loaded = cls.load(tmp_path / "scgen")
+    np.testing.assert_array_equal(loaded.predict(parts["control"]).X, pred.X)
+    # back to one delta on the same VAE: no transfer recorded
+    model.params["delta_groups"] = "paired"
+    model.set_delta(parts["train"], np.random.default_rng(0))
+    assert model.transfer is None and "transfer" not in model.predict(parts["control"]).uns[
+        "pertflow"]

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 TAUS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5, None)  # 0: nearest group only; None: plain average
 KS = (5, 10, 20, 50, 100)
+# Each training group's most changed genes the choice scores, as the benchmark scores top DEGs.
+SCORE_GENES = 100
 ALPHAS = tuple(float(a) for a in np.round(np.linspace(0, 1, 11), 2))
 
 # decode_mean(Z, genes): mean decoded expression over the rows of Z on the gene indices `genes`.

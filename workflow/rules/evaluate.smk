@@ -1,8 +1,12 @@
+from itertools import product
+
 EVALUATION_OUTPUTS = expand(
     [
         "results/{dataset}/metrics.csv",
         "results/{dataset}/metrics_summary.csv",
         "results/{dataset}/summary.md",
+        "results/{dataset}/transfer.csv",
+        "results/{dataset}/verdict.rst",
     ],
     dataset=DATASETS,
 )
@@ -50,9 +54,41 @@ rule aggregate_metrics:
         "../../scripts/aggregate_metrics.py"
 
 
+# What the models that transfer the training groups' responses chose, read from each prediction's
+# uns (not its matrix): settings, α and weights per held-out group (header only if none transfers).
+rule collect_transfer:
+    input:
+        # every model, held-out group and seed, in expand's product order (as params.runs)
+        lambda w: expand(
+            f"{RUN}/prediction.h5ad",
+            dataset=w.dataset,
+            model=MODELS,
+            group=held_out_groups(w.dataset),
+            seed=SEEDS,
+        ),
+    output:
+        report(
+            "results/{dataset}/transfer.csv",
+            caption="../report/transfer.rst",
+            category="Metrics",
+            labels={"dataset": "{dataset}", "result": "transfer choices"},
+        ),
+    log:
+        "results/{dataset}/logs/collect_transfer.log",
+    benchmark:
+        "results/{dataset}/benchmarks/collect_transfer.tsv"
+    conda:
+        "../../envs/evaluate.yaml"
+    params:
+        runs=lambda w: list(product(MODELS, held_out_groups(w.dataset), SEEDS)),
+    script:
+        "../../scripts/collect_transfer.py"
+
+
 rule summarise:
     input:
-        "results/{dataset}/metrics.csv",
+        metrics="results/{dataset}/metrics.csv",
+        transfer="results/{dataset}/transfer.csv",
     output:
         table=report(
             "results/{dataset}/metrics_summary.csv",
@@ -65,6 +101,13 @@ rule summarise:
             caption="../report/summary.rst",
             category="Metrics",
             labels={"dataset": "{dataset}", "result": "summary in words"},
+        ),
+        # The report's front page (workflow/report/workflow.rst) shows it; see pertflow.verdict.
+        verdict=report(
+            "results/{dataset}/verdict.rst",
+            caption="../report/verdict.rst",
+            category="Metrics",
+            labels={"dataset": "{dataset}", "result": "verdict (front page)"},
         ),
     log:
         "results/{dataset}/logs/summarise.log",

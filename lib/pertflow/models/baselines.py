@@ -199,7 +199,7 @@ class SimilarityShift(_TransferModel):
     defaults = {
         "space": "genes",      # genes | pca (of the training cells)
         "n_comps": 50,         # PCA components with space: pca
-        "score_genes": 100,    # each training group's most changed genes the inner choice scores
+        "score_genes": transfer.SCORE_GENES,  # each training group's most changed genes scored
         "max_cells": 500,      # cells per group and condition kept for the inner choice
     }
 
@@ -215,6 +215,6 @@ class TransportShift(_TransferModel):
     defaults = {
         "space": "pca",
         "n_comps": 50,
-        "score_genes": 100,
+        "score_genes": transfer.SCORE_GENES,
         "max_cells": 500,      # cells per group and condition transported (seeded subsample)
     }

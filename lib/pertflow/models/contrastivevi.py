@@ -13,7 +13,11 @@ Training mirrors scvi-tools' ``ContrastiveVI``: each step draws ``batch_size`` c
 linearly over ``kl_warmup_epochs``, and the ELBO of held-back cells drives early stopping.
 
 As a predictor, held-out control cells keep their background posterior mean and get the mean
-salient latent of the perturbed training cells (balanced over groups); the decoded expected
+salient latent of the perturbed training cells (balanced over groups), or with ``salient_transfer``
+the salient responses of the training groups whose controls' background resembles theirs
+(``pertflow.transfer``: ``similarity`` weights each group's mean salient latent, ``transport``
+gives each cell the deltas of its nearest training controls, paired with perturbed cells by
+optimal transport in the background space); the decoded expected
 normalised expression is mapped to the scale of ``X``, log1p(counts normalised to 1e4 per cell).
 ``prediction: sampled`` instead draws one ZINB cell per control and normalises it exactly like
 ``X``, which puts per-gene means and variances on X's footing (E[log1p(x)] < log1p(E[x])).
@@ -40,6 +44,7 @@ from pyro.optim import ClippedAdam
 from torch import nn
 from torch.distributions import constraints
 
+from pertflow import transfer
 from pertflow.errors import ConfigError, DataError
 from pertflow.models.base import Model, register
 from pertflow.preprocess import check_counts
@@ -292,6 +297,8 @@ class ContrastiveVI(Model):
         # expected: log1p(1e4 × decoded proportions); sampled: one ZINB draw per cell at its
         # own library size, normalised like X (matches X's per-gene means and variances).
         "prediction": "expected",
+        # average | similarity | transport: see the module docstring; chosen leave-one-group-out
+        "salient_transfer": "average",
         "device": "auto",
     }
 
@@ -356,12 +363,18 @@ class ContrastiveVI(Model):
     def _check_params(self) -> None:
         p = self.params
         choices = {"library": ("observed", "latent"), "elbo": ("meanfield", "trace"),
-                   "prediction": ("expected", "sampled")}
+                   "prediction": ("expected", "sampled"),
+                   "salient_transfer": ("average", "similarity", "transport")}
         for key, allowed in choices.items():
             if p[key] not in allowed:
                 raise ConfigError(f"contrastivevi: `{key}: {p[key]}` is not one of {allowed}.")
         if not 0 <= p["validation_fraction"] < 1:
             raise ConfigError("contrastivevi: `validation_fraction` must be in [0, 1).")
+        if p["salient_transfer"] != "average" and p["covariates"]:
+            raise ConfigError(
+                f"contrastivevi: `salient_transfer: {p['salient_transfer']}` chooses the transfer "
+                "by decoding training cells without their covariates, so it needs `covariates: "
+                "[]`. Drop the covariates or use `salient_transfer: average`.")
 
     def _fit(self, train: ad.AnnData) -> None:
         self._check_params()
@@ -369,6 +382,9 @@ class ContrastiveVI(Model):
         counts = self._counts(train)
         is_control, is_perturbed = self._condition_masks(train)
         self.genes = list(train.var_names)
+        if p["salient_transfer"] != "average":  # fails before training when no group has both
+            transfer.require_paired_groups(*(train.obs[key].to_numpy() for key in (
+                self.keys.condition, self.keys.group)), self.keys.control, self.keys.perturbed)
         self.covariate_categories = {key: sorted(_covariate(train, key).unique())
                                      for key in p["covariates"]}
         covariates = self._covariates(train)
@@ -426,6 +442,9 @@ class ContrastiveVI(Model):
                         break
         self.history = pd.DataFrame(history)
         self.salient_shift = self._salient_shift(train, counts, covariates, is_perturbed, rng)
+        self.responses = None
+        if p["salient_transfer"] != "average":
+            self._choose_transfer(train, counts, covariates, rng)
 
     @torch.no_grad()
     def _heldout_losses(self, counts, covariates, control_rows, perturbed_rows) -> dict:
@@ -469,6 +488,38 @@ class ContrastiveVI(Model):
         _, salient = self._posterior_means(counts[rows], covariates[rows])
         return salient.mean(0)
 
+    def _choose_transfer(self, train, counts, covariates, rng) -> None:
+        """The training groups' salient responses in (background, salient) coordinates, and the
+        transfer chosen leave-one-group-out on decoded genes. Controls sit at salient 0, as the
+        model has them, so similarities and neighbours are those of the background, and the
+        transport cost differs from the background's by a constant per perturbed cell (the same
+        plan); only the salient part of a response is transferred: each cell keeps its own
+        background."""
+        k, n_background = self.keys, self.network.n_background
+        condition, groups = train.obs[k.condition].to_numpy(), train.obs[k.group].to_numpy()
+        Z = torch.cat(self._posterior_means(counts, covariates), -1).cpu().numpy()
+        Z[condition == k.control, n_background:] = 0
+        responses = transfer.group_responses(Z, condition, groups, k.control, k.perturbed, rng)
+        method = "per_cell" if self.params["salient_transfer"] == "transport" else "similarity"
+        if method == "per_cell":
+            transfer.transport(responses)
+        for shifts in (responses.shifts, *responses.deltas):
+            shifts[:, :n_background] = 0
+        targets = transfer.changed_genes(train.X, condition, groups, responses.names, k.control,
+                                         k.perturbed, transfer.SCORE_GENES)
+        self.responses = responses
+        self.choice = transfer.choose(method, responses, targets, self._decode_mean, linear=False)
+        self.transfer = self.choice.record("contrastivevi background → salient")
+
+    @torch.no_grad()
+    def _decode_mean(self, Z: np.ndarray, genes: np.ndarray) -> np.ndarray:
+        """Mean expected expression on X's scale of latent rows (no covariates)."""
+        self.network.eval()
+        z = torch.as_tensor(Z, dtype=torch.float32, device=self.device)
+        log_proportions, _ = self.network.decoder(z, z.new_zeros(len(z), 0))
+        genes = torch.as_tensor(genes, device=self.device)
+        return torch.log1p(log_proportions[:, genes].exp() * TARGET_SUM).mean(0).cpu().numpy()
+
     # ---- use -------------------------------------------------------------------------------
     def evaluate(self, adata: ad.AnnData) -> dict[str, float]:
         """Per-cell −ELBO (``loss``) and ``reconstruction_loss`` of ``adata``'s cells, e.g. cells
@@ -490,6 +541,12 @@ class ContrastiveVI(Model):
         counts, covariates = self._counts(control_cells), self._covariates(control_cells)
         background, _ = self._posterior_means(counts, covariates)
         salient = self.salient_shift.expand(background.shape[0], -1)
+        if self.responses is not None:
+            cells = torch.cat([background, torch.zeros_like(salient)], -1).cpu().numpy()
+            delta, weights = transfer.transferred(self.choice, self.responses, cells)
+            salient = torch.as_tensor(delta[:, background.shape[1]:], dtype=torch.float32,
+                                      device=self.device).expand_as(salient)
+            self.transfer = self.choice.record("contrastivevi background → salient", weights)
         log_proportions, zero_inflation_logits = self.network.decoder(
             torch.cat([background, salient], -1),
             torch.as_tensor(covariates, device=self.device))
@@ -525,6 +582,8 @@ class ContrastiveVI(Model):
         torch.save({"network": {k: v.cpu() for k, v in self.network.state_dict().items()},
                     "inverse_dispersion": inverse_dispersion,
                     "salient_shift": self.salient_shift.cpu(),
+                    "responses": None if self.responses is None else _responses_state(
+                        self.responses),
                     "genes": self.genes,
                     "covariate_categories": self.covariate_categories},
                    directory / "state.pt")
@@ -541,10 +600,25 @@ class ContrastiveVI(Model):
         self.network.load_state_dict(state["network"])
         self.network.to(self.device)
         self.salient_shift = state["salient_shift"].to(self.device)
+        self.responses = None
+        if state.get("responses") is not None:
+            r = state["responses"]
+            self.responses = transfer.Responses(
+                r["names"], r["control_means"].numpy(), r["shifts"].numpy(),
+                [c.numpy() for c in r["controls"]], [], [d.numpy() for d in r["deltas"]])
+            self.choice = transfer.Choice.from_record(self.transfer)
         with pyro.get_param_store().scope() as self.pyro_state:
             pyro.param("inverse_dispersion", state["inverse_dispersion"].to(self.device),
                        constraint=constraints.positive)
         self.history = pd.read_csv(directory / "losses.csv")
+
+
+def _responses_state(r: transfer.Responses) -> dict:
+    """What prediction needs of the transfer's responses, as tensors (``weights_only`` loading)."""
+    tensors = lambda arrays: [torch.from_numpy(np.asarray(a)) for a in arrays]  # noqa: E731
+    return {"names": list(r.names), "control_means": torch.from_numpy(r.control_means),
+            "shifts": torch.from_numpy(r.shifts),
+            "controls": tensors(r.controls if r.deltas else []), "deltas": tensors(r.deltas)}
 
 
 def _covariate(adata: ad.AnnData, key: str) -> pd.Series:

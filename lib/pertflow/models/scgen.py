@@ -255,14 +255,13 @@ class ArithmeticCheck:
     ``max_cells`` cells per group and condition are used, so an epoch's check stays cheap.
     """
 
-    n_genes = 100  # each group's most changed genes it scores, as the benchmark's top DEGs
-
     def __init__(self, X: sp.csr_matrix, condition: np.ndarray, groups: np.ndarray,
-                 control: str, perturbed: str, rng: np.random.Generator, max_cells: int = 500):
+                 control: str, perturbed: str, rng: np.random.Generator,
+                 n_genes: int = transfer.SCORE_GENES, max_cells: int = 500):
         names = transfer.paired_groups(condition, groups, control, perturbed)
         # per group: its genes and their real perturbed means
         self.groups = [(torch.from_numpy(genes), real) for genes, real in transfer.changed_genes(
-            X, condition, groups, names, control, perturbed, self.n_genes)]
+            X, condition, groups, names, control, perturbed, n_genes)]
         parts = []        # per group: control rows, perturbed rows
         for group in names:
             rows = [np.flatnonzero((groups == group) & (condition == label))
@@ -452,7 +451,7 @@ class ScGen(Model):
         if method == "per_cell":
             transfer.transport(self.responses)
         targets = transfer.changed_genes(X, condition, groups, self.responses.names, k.control,
-                                         k.perturbed, ArithmeticCheck.n_genes)
+                                         k.perturbed, transfer.SCORE_GENES)
         self.choice = transfer.choose(method, self.responses, targets, self._decode_mean,
                                       linear=False)
         self.transfer = self.choice.record("scgen latent")
