@@ -17,7 +17,9 @@ Linear to the genes, with no output activation. Two deliberate differences:
   paired``). The reference (``all``) averages every training control, the held-out group's
   included, but that group has no perturbed cells to balance them: with n groups its delta is
   the mean shift plus 1/n of (other groups' control mean − held-out control mean), a pull of
-  the prediction toward the other cell types.
+  the prediction toward the other cell types. ``similarity`` and ``transport`` instead transfer
+  the latent responses of the training groups that resemble the held-out one
+  (``pertflow.transfer``), with the transfer chosen leave-one-group-out on decoded genes.
 
 Speed comes from a plain loop instead of a framework: minibatches are row slices of one CSR
 matrix, the first layer reads the sparse rows directly (``F.embedding_bag``: each cell sums the
