@@ -3,7 +3,8 @@
 Every cell type held out in turn, for each of ``--seeds``: the baselines (control, mean_shift,
 balanced mean_shift, pca_shift, similarity_shift in gene and PCA space, transport_shift) and scGen
 trained once with its shipped training settings, then predicting with each ``delta_groups``
-(paired, all, similarity, transport) from the same trained model. Every run is scored with the
+(paired, all, similarity, transport) from the same trained model, decoded and residual
+(``prediction``). Every run is scored with the
 workflow's metrics (``pertflow.metrics.score``); the table is written to ``--out`` and summarised
 with the workflow's summary (means, 95% intervals, paired differences to the strongest baseline).
 
@@ -84,10 +85,14 @@ def scgen(held_out: HeldOut, seed: int, epochs: int | None) -> list[dict]:
     seconds, rows = time.perf_counter() - started, []
     for delta in SCGEN_DELTAS:
         started = time.perf_counter()
-        model.params["delta_groups"] = delta
+        model.params |= {"delta_groups": delta, "prediction": "decoded"}
         model.set_delta(held_out.train, np.random.default_rng(seed))
         prediction = model.predict(held_out.control)
         rows.append(held_out.row(f"scgen_{delta}", seed, prediction,
+                                 seconds + time.perf_counter() - started))
+        model.params["prediction"] = "residual"
+        rows.append(held_out.row(f"scgen_{delta}_residual", seed,
+                                 model.predict(held_out.control),
                                  seconds + time.perf_counter() - started))
     return rows
 

@@ -11,7 +11,7 @@ import torch
 
 from pertflow.metrics import r2_mean, top_degs
 from pertflow.models import Keys, get_model_class
-from pertflow.models.scgen import (VAE, ArithmeticCheck, SparseRows, as_csr, latent_delta,
+from pertflow.models.scgen import (VAE, ArithmeticCheck, SparseRows, as_csr, decode, latent_delta,
                                    lr_factor)
 from pertflow.splits import split
 
@@ -130,6 +130,7 @@ def test_sparse_and_dense_input_give_the_same_loss(small_sim):
 
 
 @pytest.mark.parametrize("option", [{"norm": "layer"}, {"norm": "none"}, {"recon_loss": "l1"},
+                                    {"prediction": "residual"},
                                     {"delta_groups": "all"}])
 def test_options_train(small_sim, keys, option):
     parts = held_out(small_sim, keys)
@@ -277,3 +278,15 @@ def test_transferred_deltas_record_their_choice_and_survive_a_round_trip(small_s
     model.set_delta(parts["train"], np.random.default_rng(0))
     assert model.transfer is None and "transfer" not in model.predict(parts["control"]).uns[
         "pertflow"]
+
+
+def test_residual_prediction_adds_the_decoded_change_to_each_cell(small_sim, keys):
+    parts = held_out(small_sim, keys)
+    model = get_model_class("scgen")(keys).fit(parts["train"], FAST, seed=0)
+    decoded = model.predict(parts["control"]).X
+    model.params["prediction"] = "residual"
+    residual = model.predict(parts["control"]).X
+    latent = model.embed(parts["control"])["X_scgen"]
+    reconstructed = decode(model.vae, latent, model.device)
+    np.testing.assert_allclose(residual, parts["control"].X.toarray() + decoded - reconstructed,
+                               rtol=1e-5, atol=1e-5)

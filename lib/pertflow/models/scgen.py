@@ -47,7 +47,7 @@ from pertflow import transfer
 from pertflow.errors import ConfigError
 from pertflow.models.base import Model, register
 from pertflow.torch_utils import resolve_device, reuse_freed_memory, seed_everything
-from pertflow.utils import balanced_indices, r2_of
+from pertflow.utils import balanced_indices, dense, r2_of
 
 log = logging.getLogger(__name__)
 
@@ -326,6 +326,9 @@ class ScGen(Model):
         # prediction
         "delta_groups": "paired",   # paired | all | similarity | transport: module docstring
         "restrict_arithmetic_to": None,  # list of groups for delta; None: all groups
+        # decoded: decode(z + delta), as the reference; residual: the control cell + decode(z +
+        # delta) − decode(z), the decoded change added to the cell's own expression
+        "prediction": "decoded",
         "device": "auto",           # auto | cpu | cuda
     }
 
@@ -333,7 +336,8 @@ class ScGen(Model):
         p = self.params
         choices = {"recon_loss": ("mse", "l1"), "lr_schedule": ("constant", "cosine"),
                    "norm": ("batch", "layer", "none"), "stop_on": ("arithmetic", "validation_loss"),
-                   "delta_groups": ("paired", "all", "similarity", "transport")}
+                   "delta_groups": ("paired", "all", "similarity", "transport"),
+                   "prediction": ("decoded", "residual")}
         for key, allowed in choices.items():
             if p[key] not in allowed:
                 raise ConfigError(f"scgen: {key} must be one of {allowed}, not {p[key]!r}")
@@ -471,6 +475,9 @@ class ScGen(Model):
             delta, weights = transfer.transferred(self.choice, self.responses, latent)
             self.transfer = self.choice.record("scgen latent", weights)
         predicted = decode(self.vae, (latent + delta).astype(np.float32), self.device)
+        if self.params["prediction"] == "residual":
+            # The VAE's reconstruction error and the cell's own variation stay out of the change.
+            predicted += dense(control_cells.X) - decode(self.vae, latent, self.device)
         return self._prediction(control_cells, predicted)
 
     def embed(self, adata: ad.AnnData) -> dict[str, np.ndarray]:
