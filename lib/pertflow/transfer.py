@@ -10,8 +10,8 @@ a model's latent space):
   w_g ∝ exp(sim_g / τ), where sim_g is the cosine similarity between g's control mean and the
   held-out controls' mean, both centred on the mean of the groups' control means (uncentred, the
   profile every group shares makes every group look alike). Cosine rather than Pearson: a
-  dimension that is the same in every group (a latent part the response alone uses) adds nothing. τ = 0 keeps the most similar group
-  only; τ = None is the plain average.
+  dimension that is the same in every group (a latent part the response alone uses) adds
+  nothing. τ = 0 keeps the most similar group only; τ = None is the plain average.
 - ``per_cell`` (scPRAM, Jiang et al., Bioinformatics 2024): within each training group, exact
   optimal transport (squared Euclidean cost) pairs control with perturbed cells; a control cell's
   delta is its transport barycentre minus itself. Each held-out control cell takes the mean delta
@@ -282,6 +282,6 @@ def transferred(choice: Choice, responses: Responses,
         return choice.alpha * deltas, dict(zip(responses.names, weights))
     tau = choice.setting if choice.method == "similarity" else None
     w = similarity_weights(similarities(responses.control_means, cells.mean(0)), tau)
-    log.info("transfer weights: %s", ", ".join(f"{g} {x:.3f}" for g, x in
-                                               sorted(zip(responses.names, w), key=lambda t: -t[1])))
+    ranked = sorted(zip(responses.names, w), key=lambda pair: -pair[1])
+    log.info("transfer weights: %s", ", ".join(f"{g} {x:.3f}" for g, x in ranked))
     return choice.alpha * (w @ responses.shifts)[None], dict(zip(responses.names, w))

@@ -114,7 +114,8 @@ class PCAShift(_ShiftModel):
 
     def _load_state(self, directory: Path) -> None:
         state = np.load(directory / "state.npz")
-        self.delta, self.mean_, self.components_ = state["delta"], state["mean"], state["components"]
+        self.delta, self.mean_ = state["delta"], state["mean"]
+        self.components_ = state["components"]
 
 
 class _TransferModel(Model):
