@@ -1,12 +1,12 @@
 """Benchmark: the scGPT-style transformer on Kang et al. 2018, cell types held out in turn.
 
 For each held-out type the models train on every other cell (the type's perturbed cells are the
-truth) and predict its control cells under stimulation. Prints, per type and model, the metrics of
-``pertflow.metrics.score`` that show a collapse to the mean — R² of per-gene means and of per-gene
-variances (top-100 Wilcoxon DEGs / all genes), the E-distance in a PCA of truth and control — and
-the median per-gene SD of the predicted cells beside the true cells' and the controls'; then the
-fit and predict seconds, the peak RSS, and how correlated the predicted deltas of different held-out
-types are, next to the same figure for the true deltas.
+truth) and predict its control cells under stimulation. Prints, per type and model, the metrics
+of ``pertflow.metrics.score`` that show a collapse to the mean — R² of per-gene means and of
+per-gene variances (top-100 Wilcoxon DEGs / all genes), the E-distance in a PCA of truth and
+control — and the median per-gene SD of the predicted cells beside the true cells' and the
+controls'; then the fit and predict seconds, the peak RSS, and how correlated the predicted deltas
+of different held-out types are, next to the same figure for the true deltas.
 
 A model is given as ``[label=]name[:json params]``; a name ``transformer@REV`` is the transformer
 as of git revision REV (read with ``git show``, never written to the work tree), to compare before
@@ -14,7 +14,7 @@ and after a change:
 
     .venv/bin/python bench/transformer_kang.py --groups CD4T B \\
         --models similarity_shift transformer@HEAD transformer \\
-                 'transformer_nopre=transformer:{"pretrain_epochs": 0}'
+                 'transformer_e8=transformer:{"epochs": 8}'
 """
 
 from __future__ import annotations

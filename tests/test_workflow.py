@@ -25,7 +25,7 @@ TINY_MODELS = {
     "contrastivevi": {"max_epochs": 2, "n_hidden": 32, "batch_size": 64, "prediction": "sampled",
                       "device": "cpu"},
     "transformer": {"n_layers": 1, "d_model": 16, "n_heads": 2, "n_bins": 11, "max_genes": 64,
-                    "pretrain_epochs": 1, "finetune_epochs": 1, "batch_size": 64,
+                    "epochs": 1, "batch_size": 64,
                     "device": "cpu"},
 }
 
