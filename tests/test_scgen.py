@@ -109,8 +109,9 @@ def test_restrict_arithmetic_to_changes_delta(small_sim, keys):
     parts = held_out(small_sim, keys)
     other = sorted(parts["train"].obs[keys.group].unique())[-1]
     cls = get_model_class("scgen")
-    full = cls(keys).fit(parts["train"], FAST, seed=0)
-    restricted = cls(keys).fit(parts["train"], {**FAST, "restrict_arithmetic_to": [other]}, 0)
+    paired = {**FAST, "delta_groups": "paired"}
+    full = cls(keys).fit(parts["train"], paired, seed=0)
+    restricted = cls(keys).fit(parts["train"], {**paired, "restrict_arithmetic_to": [other]}, 0)
     assert not np.allclose(full.delta, restricted.delta)
 
 
@@ -130,7 +131,7 @@ def test_sparse_and_dense_input_give_the_same_loss(small_sim):
 
 
 @pytest.mark.parametrize("option", [{"norm": "layer"}, {"norm": "none"}, {"recon_loss": "l1"},
-                                    {"prediction": "residual"},
+                                    {"prediction": "decoded"}, {"delta_groups": "similarity"},
                                     {"delta_groups": "all"}])
 def test_options_train(small_sim, keys, option):
     parts = held_out(small_sim, keys)
@@ -283,6 +284,8 @@ def test_transferred_deltas_record_their_choice_and_survive_a_round_trip(small_s
 def test_residual_prediction_adds_the_decoded_change_to_each_cell(small_sim, keys):
     parts = held_out(small_sim, keys)
     model = get_model_class("scgen")(keys).fit(parts["train"], FAST, seed=0)
+    assert model.params["prediction"] == "residual"  # the default
+    model.params["prediction"] = "decoded"
     decoded = model.predict(parts["control"]).X
     model.params["prediction"] = "residual"
     residual = model.predict(parts["control"]).X
