@@ -132,6 +132,12 @@ def _difference(row: pd.Series) -> str:
     return f"difference {format_number(row['difference'])} ({interval}, {row['n_pairs']} pairs)"
 
 
+def metrics_ahead(compared: pd.DataFrame, model: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A model's rows of ``comparisons``, and those where it beats the strongest baseline."""
+    rows = compared[compared["model"] == model]
+    return rows, rows[rows["beats_baseline"].astype(bool)]
+
+
 def summary_markdown(dataset: str, table: pd.DataFrame, baseline_names: list[str],
                      transfer: pd.DataFrame | None = None) -> str:
     """Plain-words Markdown: for every metric, which model wins and by how much against the best
@@ -185,8 +191,7 @@ def summary_markdown(dataset: str, table: pd.DataFrame, baseline_names: list[str
     if baselines_present and others:
         lines += ["", "## Models against the best baseline", ""]
         for model in others:
-            rows = compared[compared["model"] == model]
-            ahead = rows[rows["beats_baseline"].astype(bool)]
+            rows, ahead = metrics_ahead(compared, model)
             lines.append(f"- **{model}** beats the best baseline on {len(ahead)} of {len(rows)} "
                          f"metrics ({', '.join(ahead['metric']) or 'none'}); on "
                          f"{int(ahead['interval_excludes_zero'].sum())} of them the 95% interval "

@@ -13,7 +13,7 @@ import unicodedata
 import pandas as pd
 
 from pertflow.metrics import METRICS
-from pertflow.summary import comparisons, format_number, transfer_overview
+from pertflow.summary import comparisons, format_number, metrics_ahead, transfer_overview
 
 ARROWS = {"higher": "↑", "lower": "↓"}
 
@@ -103,8 +103,7 @@ def verdict_rst(dataset: str, table: pd.DataFrame, baseline_names: list[str],
         lines += ["Every model of this dataset is a baseline.", ""]
     else:
         for model in learned:
-            model_rows = compared[compared["model"] == model]
-            ahead = model_rows[model_rows["beats_baseline"].astype(bool)]
+            model_rows, ahead = metrics_ahead(compared, model)
             lines.append(f"- **{escape(model)}** is better than the strongest baseline on "
                          f"{len(ahead)} of {len(model_rows)} metrics, on "
                          f"{int(ahead['interval_excludes_zero'].sum())} of them with a 95% "
