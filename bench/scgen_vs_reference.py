@@ -42,7 +42,6 @@ sys.path.insert(0, str(ROOT / "lib"))
 
 from pertflow.metrics import r2_mean, top_degs  # noqa: E402
 from pertflow.models import Keys, get_model_class  # noqa: E402
-from pertflow.models.scgen import as_csr, latent_delta, latent_means  # noqa: E402
 from pertflow.torch_utils import reuse_freed_memory  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "kang2018_scgen_valid.h5ad"
@@ -165,12 +164,15 @@ def speed(adata: ad.AnnData, data: str, group: str, epochs: int, batch_size: int
 
 
 def predict_with_reference_delta(model, train: ad.AnnData, control: ad.AnnData) -> ad.AnnData:
-    """The same trained scGen, predicting with the reference's delta (``delta_groups: all``)."""
-    latent = latent_means(model.vae, as_csr(train.X), model.device)
-    model.delta = latent_delta(latent, train.obs[KEYS.condition].to_numpy(),
-                               train.obs[KEYS.group].to_numpy(), KEYS.control, KEYS.perturbed,
-                               np.random.default_rng(0))
-    return model.predict(control)
+    """The same trained scGen, predicting as the reference does (``delta_groups: all``,
+    ``prediction: decoded``); the model's own settings are restored after."""
+    own = dict(model.params)
+    model.params |= {"delta_groups": "all", "prediction": "decoded"}
+    model.set_delta(train, np.random.default_rng(0))
+    prediction = model.predict(control)
+    model.params = own
+    model.set_delta(train, np.random.default_rng(model.seed))
+    return prediction
 
 
 def defaults(adata: ad.AnnData, groups: list[str], seeds: list[int]) -> None:
