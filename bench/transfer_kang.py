@@ -1,10 +1,13 @@
-"""Transferring the responses of similar training groups, on Kang 2018: baselines and scGen.
+"""Transferring the responses of similar training groups, on Kang 2018: baselines, scGen and
+contrastiveVI.
 
 Every cell type held out in turn, for each of ``--seeds``: the baselines (control, mean_shift,
 balanced mean_shift, pca_shift, similarity_shift in gene and PCA space, transport_shift) and scGen
 trained once with its shipped training settings, then predicting with each ``delta_groups``
 (paired, all, similarity, transport) from the same trained model, decoded and residual
-(``prediction``). Every run is scored with the
+(``prediction``); with ``--deep contrastivevi``, contrastiveVI trained once and predicting with
+each ``salient_transfer`` (average, similarity, transport), expected and sampled. Every run is
+scored with the
 workflow's metrics (``pertflow.metrics.score``); the table is written to ``--out`` and summarised
 with the workflow's summary (means, 95% intervals, paired differences to the strongest baseline).
 
@@ -29,7 +32,7 @@ import torch
 
 from pertflow.metrics import score, top_degs
 from pertflow.models import Keys, get_model_class
-from pertflow.preprocess import preprocess
+from pertflow.preprocess import preprocess, recover_counts
 from pertflow.simulate import simulate
 from pertflow.splits import split
 from pertflow.summary import ALL_GROUPS, summarise, summary_markdown
@@ -47,6 +50,7 @@ BASELINES = {
     "transport_shift": ("transport_shift", {}),
 }
 SCGEN_DELTAS = ("paired", "all", "similarity", "transport")
+SALIENT_TRANSFERS = ("average", "similarity", "transport")
 
 
 class HeldOut:
@@ -102,6 +106,27 @@ def scgen(held_out: HeldOut, seed: int, epochs: int | None) -> list[dict]:
     return rows
 
 
+def contrastivevi(held_out: HeldOut, seed: int, epochs: int | None) -> list[dict]:
+    """contrastiveVI trained once; each salient_transfer predicts from the same model."""
+    started = time.perf_counter()
+    params = {"device": "cpu"} | ({"max_epochs": epochs} if epochs else {})
+    model = get_model_class("contrastivevi")(KEYS).fit(held_out.train, params, seed)
+    seconds, rows = time.perf_counter() - started, []
+    for salient in SALIENT_TRANSFERS:
+        started = time.perf_counter()
+        model.params["salient_transfer"] = salient
+        model.set_salient_shift(held_out.train, np.random.default_rng(seed))
+        for prediction in ("expected", "sampled"):
+            model.params["prediction"] = prediction
+            rows.append(held_out.row(f"contrastivevi_{salient}_{prediction}", seed,
+                                     model.predict(held_out.control),
+                                     seconds + time.perf_counter() - started))
+    return rows
+
+
+DEEP = {"scgen": scgen, "contrastivevi": contrastivevi}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=str(DEFAULT_DATA))
@@ -109,8 +134,9 @@ def main() -> None:
                         help="the default run's simulation instead of --data")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--groups", nargs="*", help="held-out cell types (default: all)")
-    parser.add_argument("--no-scgen", action="store_true", help="baselines only")
-    parser.add_argument("--epochs", type=int, help="scGen max_epochs (default: its default)")
+    parser.add_argument("--deep", nargs="*", choices=list(DEEP), default=["scgen"],
+                        help="deep models after the baselines (none: baselines only)")
+    parser.add_argument("--epochs", type=int, help="deep models' max_epochs (default: theirs)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--out", default="results/bench/transfer_kang.csv")
     args = parser.parse_args()
@@ -124,15 +150,15 @@ def main() -> None:
                            hvg={"n_top_genes": 800, "flavor": "seurat_v3"})
     else:
         adata = ad.read_h5ad(args.data)
+        adata.layers["counts"] = recover_counts(adata.X)  # as `counts: recover` in the workflow
     print(f"{args.data}: {adata.n_obs} cells × {adata.n_vars} genes; load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     held_out = [HeldOut(adata, group)
                 for group in args.groups or sorted(adata.obs[KEYS.group].unique())]
-    # Baselines first (seconds), then scGen seed by seed over every type; the table is rewritten
-    # after every step, so a long run can be read early.
+    # Baselines first (seconds), then each deep model seed by seed over every type; the table
+    # is rewritten after every step, so a long run can be read early.
     steps = [(baselines, h, seed) for seed in args.seeds for h in held_out]
-    if not args.no_scgen:
-        steps += [(scgen, h, seed) for seed in args.seeds for h in held_out]
+    steps += [(DEEP[name], h, seed) for name in args.deep for seed in args.seeds for h in held_out]
     rows = []
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     for run, h, seed in steps:

@@ -441,9 +441,17 @@ class ContrastiveVI(Model):
                                  "held-out ELBO in %d epochs", epoch + 1, since_best)
                         break
         self.history = pd.DataFrame(history)
+        self.set_salient_shift(train, rng)
+
+    def set_salient_shift(self, train: ad.AnnData, rng: np.random.Generator) -> None:
+        """The salient shift of ``salient_transfer`` on the trained model: the balanced mean
+        (``average``), or the training groups' salient responses transferred by similarity or per
+        cell (``pertflow.transfer``). Called by ``fit``; call again after changing the param."""
+        counts, covariates = self._counts(train), self._covariates(train)
+        _, is_perturbed = self._condition_masks(train)
         self.salient_shift = self._salient_shift(train, counts, covariates, is_perturbed, rng)
-        self.responses = None
-        if p["salient_transfer"] != "average":
+        self.responses = self.transfer = None
+        if self.params["salient_transfer"] != "average":
             self._choose_transfer(train, counts, covariates, rng)
 
     @torch.no_grad()
