@@ -3,12 +3,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test report clean
+.PHONY: run test test-fast report clean
 
-$(BIN)/snakemake: requirements.txt
+$(BIN)/snakemake: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade "pip<26"
 	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
 run: $(BIN)/snakemake
@@ -17,6 +18,10 @@ run: $(BIN)/snakemake
 
 test: $(BIN)/snakemake
 	$(BIN)/python -m pytest -q tests
+
+# The edit-run loop: unit tests only, no model training or workflow runs (under 3 minutes).
+test-fast: $(BIN)/snakemake
+	$(BIN)/python -m pytest -q tests -m "not slow and not workflow and not slurm"
 
 clean:
 	rm -rf results .snakemake

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -29,10 +28,9 @@ import anndata as ad
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "lib"))
 
-from pertflow.preprocess import recover_counts  # noqa: E402
-from pertflow.utils import dense  # noqa: E402
+from pertflow.preprocess import recover_counts
+from pertflow.utils import dense
 
 DATA = ROOT.parent / "shared" / "data" / "kang2018_scgen_valid.h5ad"
 REFERENCE_PYTHON = ROOT / "bench" / ".venv-cvi-reference" / "bin" / "python"
@@ -76,7 +74,8 @@ def scores(background: np.ndarray, salient: np.ndarray, adata: ad.AnnData) -> di
 
 
 def run_ours(adata: ad.AnnData, test: np.ndarray, epochs: int) -> dict:
-    from pertflow.models import Keys, get_model_class
+    from pertflow.keys import Keys
+    from pertflow.models import get_model_class
 
     keys = Keys(CONDITION, CONTROL, PERTURBED, GROUP)
     params = {**MATCHED, "max_epochs": epochs, "early_stopping_patience": None}
@@ -143,7 +142,8 @@ def heldout_r2(adata: ad.AnnData, group: str) -> dict:
     """Train ours (default settings) on every cell but ``group``'s stimulated ones and score the
     prediction from its controls, for both ways of mapping the decoder output to X's scale."""
     from pertflow.metrics import score, top_degs
-    from pertflow.models import Keys, get_model_class
+    from pertflow.keys import Keys
+    from pertflow.models import get_model_class
 
     is_group = adata.obs[GROUP].to_numpy() == group
     is_perturbed = adata.obs[CONDITION].to_numpy() == PERTURBED

@@ -26,7 +26,6 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "lib"))
 STAGES = ["simulate", "preprocess", "split", "mean_shift", "pca_shift"]
 
 
@@ -43,7 +42,7 @@ def run_stage(stage: str, workdir: Path, n_cells: int, n_genes: int,
     """One stage, in this process; mirrors the workflow's script for it."""
     import anndata as ad
 
-    from pertflow.config import dataset_keys
+    from pertflow.keys import dataset_keys
     from pertflow.data import read_h5ad, standardise
     from pertflow.metrics import top_degs
     from pertflow.models import get_model_class

@@ -25,7 +25,6 @@ import argparse
 import multiprocessing
 import os
 import resource
-import sys
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
@@ -38,11 +37,11 @@ import scipy.sparse as sp
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "lib"))
 
-from pertflow.metrics import r2_mean, top_degs  # noqa: E402
-from pertflow.models import Keys, get_model_class  # noqa: E402
-from pertflow.torch_utils import reuse_freed_memory  # noqa: E402
+from pertflow.metrics import r2_mean, top_degs
+from pertflow.keys import Keys
+from pertflow.models import get_model_class
+from pertflow.torch_utils import reuse_freed_memory
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "kang2018_scgen_valid.h5ad"
 KEYS = Keys(condition="condition", control="control", perturbed="stimulated", group="cell_type")

@@ -31,7 +31,8 @@ import pandas as pd
 import torch
 
 from pertflow.metrics import score, top_degs
-from pertflow.models import Keys, get_model_class
+from pertflow.keys import Keys
+from pertflow.models import get_model_class
 from pertflow.preprocess import preprocess, recover_counts
 from pertflow.simulate import simulate
 from pertflow.splits import split

@@ -25,7 +25,6 @@ import json
 import logging
 import resource
 import subprocess
-import sys
 import tempfile
 import time
 from itertools import combinations
@@ -37,12 +36,12 @@ import pandas as pd
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "lib"))
 
-from pertflow.metrics import score, top_degs  # noqa: E402
-from pertflow.models import Keys, get_model_class  # noqa: E402
-from pertflow.splits import split  # noqa: E402
-from pertflow.utils import dense  # noqa: E402
+from pertflow.metrics import score, top_degs
+from pertflow.keys import Keys
+from pertflow.models import get_model_class
+from pertflow.splits import split
+from pertflow.utils import dense
 
 KANG = ROOT.parent / "shared" / "data" / "kang2018_scgen_valid.h5ad"
 KEYS = Keys(condition="condition", control="control", perturbed="stimulated", group="cell_type")

@@ -4,7 +4,7 @@ import json
 
 import anndata as ad
 
-from pertflow.config import dataset_keys
+from pertflow.keys import dataset_keys
 from pertflow.logs import log_to
 from pertflow.metrics import perturbed_mean, read_degs, score
 from pertflow.utils import atomic_path

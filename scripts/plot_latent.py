@@ -5,7 +5,7 @@ from pathlib import Path
 
 import anndata as ad
 
-from pertflow.config import dataset_keys
+from pertflow.keys import dataset_keys
 from pertflow.logs import log_to
 from pertflow.models import get_model_class
 from pertflow.plots import add_cell_cycle_phase, latent_umaps, save

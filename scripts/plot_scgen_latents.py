@@ -4,7 +4,7 @@ the groups, and condition."""
 
 import anndata as ad
 
-from pertflow.config import dataset_keys
+from pertflow.keys import dataset_keys
 from pertflow.logs import log_to
 from pertflow.models import get_model_class
 from pertflow.plots import latent_comparison, save

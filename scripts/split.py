@@ -2,7 +2,7 @@
 
 import anndata as ad
 
-from pertflow.config import dataset_keys
+from pertflow.keys import dataset_keys
 from pertflow.logs import log_to
 from pertflow.metrics import top_degs
 from pertflow.splits import split

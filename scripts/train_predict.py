@@ -6,7 +6,7 @@ import sys
 
 import anndata as ad
 
-from pertflow.config import dataset_keys
+from pertflow.keys import dataset_keys
 from pertflow.logs import log_to
 from pertflow.models import get_model_class
 from pertflow.utils import write_h5ad

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "lib"))
 KANG = ROOT.parent / "shared" / "data" / "kang2018_scgen_valid.h5ad"
 
-from pertflow.models import Keys  # noqa: E402
-from pertflow.preprocess import preprocess  # noqa: E402
-from pertflow.simulate import simulate  # noqa: E402
+from pertflow.keys import Keys
+from pertflow.preprocess import preprocess
+from pertflow.simulate import simulate
 
 SIM_KEYS = Keys(condition="condition", control="control", perturbed="stimulated",
                 group="cell_type")

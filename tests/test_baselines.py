@@ -3,7 +3,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pertflow.models import Keys, get_model_class
+from pertflow.keys import Keys
+from pertflow.models import get_model_class
 from pertflow.errors import ConfigError
 
 KEYS = Keys("condition", "ctrl", "stim", "group")

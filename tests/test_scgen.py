@@ -10,7 +10,8 @@ import scipy.sparse as sp
 import torch
 
 from pertflow.metrics import r2_mean, top_degs
-from pertflow.models import Keys, get_model_class
+from pertflow.keys import Keys
+from pertflow.models import get_model_class
 from pertflow.models.scgen import (VAE, ArithmeticCheck, SparseRows, as_csr, decode, latent_delta,
                                    lr_factor)
 from pertflow.splits import split

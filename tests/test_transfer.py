@@ -8,7 +8,8 @@ import pytest
 
 from pertflow import transfer
 from pertflow.errors import DataError
-from pertflow.models import Keys, get_model_class
+from pertflow.keys import Keys
+from pertflow.models import get_model_class
 from pertflow.preprocess import preprocess
 from pertflow.simulate import simulate
 from pertflow.splits import split

@@ -9,12 +9,7 @@ from typing import Any
 import yaml
 
 from pertflow.errors import ConfigError
-from pertflow.models.base import Keys, get_model_class
-
-
-def dataset_keys(spec: dict) -> Keys:
-    return Keys(condition=spec["condition_key"], control=spec["control"],
-                perturbed=spec["perturbed"], group=spec["group_key"])
+from pertflow.models.base import get_model_class
 
 
 def model_entry(config: dict, entry: str) -> dict[str, Any]:

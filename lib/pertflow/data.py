@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from pertflow.config import dataset_keys
+from pertflow.keys import dataset_keys
 from pertflow.errors import DataError, DownloadError
 from pertflow.preprocess import check_counts, recover_counts
 from pertflow.splits import choose_held_out_groups

@@ -11,7 +11,7 @@ from scipy.spatial.distance import cdist, pdist
 from sklearn.decomposition import PCA
 
 from pertflow.errors import DataError
-from pertflow.models.base import Keys
+from pertflow.keys import Keys
 from pertflow.utils import dense, r2_of
 
 # Every metric column of the tidy table, in display order, with the direction that is better.

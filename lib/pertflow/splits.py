@@ -8,7 +8,7 @@ import anndata as ad
 import pandas as pd
 
 from pertflow.errors import DataError
-from pertflow.models.base import Keys
+from pertflow.keys import Keys
 
 log = logging.getLogger(__name__)
 

@@ -1,22 +1,23 @@
 import json
 import os
 import shutil
-import sys
 
-# The vendored library: importable here for config checks, and by every job's script.
-LIB = os.path.join(workflow.basedir, "lib")
-sys.path.insert(0, LIB)
-# Jobs' scripts find it through PYTHONPATH (set here, not required from the user).
-os.environ.update(
-    PYTHONPATH=os.pathsep.join(p for p in (LIB, os.environ.get("PYTHONPATH")) if p)
-)
+from snakemake.exceptions import WorkflowError
 
-from pertflow.config import (
-    baseline_models,
-    check_models,
-    check_unique_keys,
-    model_entry,
-)
+# The library is installed (`pip install -e .`; in conda envs by envs/install-pertflow.sh).
+os.environ.update(PERTFLOW_ROOT=workflow.basedir)
+try:
+    from pertflow.config import (
+        baseline_models,
+        check_models,
+        check_unique_keys,
+        model_entry,
+    )
+except ImportError as error:
+    raise WorkflowError(
+        f"cannot import pertflow ({error}): install the workflow's library into the Python "
+        f"that runs Snakemake with `pip install -e {workflow.basedir}` (`make run` does it)."
+    ) from error
 from pertflow.models import Model, get_model_class
 from pertflow.utils import clear_stale_snakemake_locks
 

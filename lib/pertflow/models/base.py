@@ -12,26 +12,16 @@ import importlib
 import json
 import pkgutil
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import anndata as ad
 
 from pertflow.errors import ConfigError
+from pertflow.keys import Keys
 from pertflow.utils import atomic_path, provenance
 
 _REGISTRY: dict[str, type["Model"]] = {}
-
-
-@dataclass(frozen=True)
-class Keys:
-    """Which obs columns and labels define the experiment."""
-
-    condition: str
-    control: str
-    perturbed: str
-    group: str
 
 
 class Model:
@@ -176,11 +166,6 @@ def _import_model_modules(name: str | None = None) -> None:
                if info.name != "base"]
     for module in [name] if name in modules else modules:
         importlib.import_module(f"pertflow.models.{module}")
-
-
-def available_models() -> list[str]:
-    _import_model_modules()
-    return sorted(_REGISTRY)
 
 
 def get_model_class(name: str, module: str | None = None) -> type[Model]:
