@@ -1,5 +1,5 @@
 # pertflow: leave-one-group-out benchmark of single-cell perturbation-response prediction.
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -11,14 +11,14 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+# Checks and validates the config (workflow/schemas/config.schema.yaml) before anything runs.
+include: "workflow/rules/common.smk"
 
 
 # The report's front page: the verdict of every dataset (results/{dataset}/verdict.rst).
 report: "workflow/report/workflow.rst"
 
 
-include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/split.smk"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -141,21 +142,23 @@ def reference_test_losses(module, cells: ad.AnnData, torch) -> dict:
 def heldout_r2(adata: ad.AnnData, group: str) -> dict:
     """Train ours (default settings) on every cell but ``group``'s stimulated ones and score the
     prediction from its controls, for both ways of mapping the decoder output to X's scale."""
-    from pertflow.metrics import score, top_degs
     from pertflow.keys import Keys
+    from pertflow.metrics import score, top_degs
     from pertflow.models import get_model_class
+    from pertflow.splits import split
 
-    is_group = adata.obs[GROUP].to_numpy() == group
-    is_perturbed = adata.obs[CONDITION].to_numpy() == PERTURBED
-    train = adata[~(is_group & is_perturbed)].copy()
-    controls, truth = adata[is_group & ~is_perturbed].copy(), adata[is_group & is_perturbed]
-    model = get_model_class("contrastivevi")(Keys(CONDITION, CONTROL, PERTURBED, GROUP))
+    keys = Keys(CONDITION, CONTROL, PERTURBED, GROUP)
+    parts = split(adata, keys, group)
+    train, controls, truth = parts["train"], parts["control"], parts["truth"]
+    model = get_model_class("contrastivevi")(keys)
     model.fit(train, {}, seed=SEED)
     degs = top_degs(truth, controls)["names"].tolist()
+    perturbed = train[(train.obs[CONDITION] == PERTURBED).to_numpy(), truth.var_names]
+    reference = dense(perturbed.X).astype(np.float64).mean(axis=0)
     results = {"epochs": len(model.history)}
     for mode in ("expected", "sampled"):
         model.params["prediction"] = mode
-        results[mode] = score(model.predict(controls), truth, controls, degs)
+        results[mode] = score(model.predict(controls), truth, controls, degs, reference, SEED)
     return results
 
 
@@ -199,7 +202,9 @@ def main() -> None:
         child = subprocess.run(
             [str(args.reference_python), __file__, "--reference-only", "--data", str(args.data),
              "--epochs", str(args.epochs), "--threads", str(args.threads)],
-            capture_output=True, text=True)
+            capture_output=True, text=True,  # pertflow (load, dense) is not installed there
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(ROOT / "lib"), os.environ.get("PYTHONPATH")]))})
         if child.returncode != 0:
             print(f"\nreference failed (exit {child.returncode}):\n{child.stderr[-3000:]}")
         else:

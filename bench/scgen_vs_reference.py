@@ -33,7 +33,6 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,18 +40,19 @@ ROOT = Path(__file__).resolve().parents[1]
 from pertflow.metrics import r2_mean, top_degs
 from pertflow.keys import Keys
 from pertflow.models import get_model_class
+from pertflow.splits import split as leave_one_out
 from pertflow.torch_utils import reuse_freed_memory
+from pertflow.utils import dense
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "kang2018_scgen_valid.h5ad"
 KEYS = Keys(condition="condition", control="control", perturbed="stimulated", group="cell_type")
 
 
 def split(adata: ad.AnnData, group: str) -> tuple[ad.AnnData, ad.AnnData, ad.AnnData]:
-    """Training cells (all but the group's perturbed), the group's controls, its perturbed."""
-    in_group = (adata.obs[KEYS.group] == group).to_numpy()
-    perturbed = (adata.obs[KEYS.condition] == KEYS.perturbed).to_numpy()
-    return (adata[~(in_group & perturbed)].copy(), adata[in_group & ~perturbed].copy(),
-            adata[in_group & perturbed].copy())
+    """The workflow's split (``pertflow.splits.split``): training cells, the group's controls,
+    its perturbed cells."""
+    parts = leave_one_out(adata, KEYS, group)
+    return parts["train"], parts["control"], parts["truth"]
 
 
 class Scorer:
@@ -61,15 +61,11 @@ class Scorer:
     def __init__(self, control: ad.AnnData, truth: ad.AnnData):
         self.genes = truth.var_names
         self.top = self.genes.get_indexer(top_degs(truth, control, 100)["names"].tolist())
-        self.truth = dense(truth.X)
+        self.truth = dense(truth.X).astype(np.float64)
 
     def __call__(self, pred: ad.AnnData) -> tuple[float, float]:
-        P = dense(pred[:, self.genes].X)
+        P = dense(pred[:, self.genes].X).astype(np.float64)
         return r2_mean(P, self.truth), r2_mean(P[:, self.top], self.truth[:, self.top])
-
-
-def dense(X) -> np.ndarray:
-    return np.asarray(X.toarray() if sp.issparse(X) else X, dtype=np.float64)
 
 
 def peak_rss_gb() -> float:
@@ -109,7 +105,7 @@ def reference_in_child(data: str, group: str, epochs: int, batch_size: int, seed
         reuse_freed_memory()
     train, control, _ = split(ad.read_h5ad(data), group)
     pred, seconds = train_reference(train, control, epochs, batch_size, seed)
-    return dense(pred.X), list(pred.var_names), seconds
+    return dense(pred.X).astype(np.float64), list(pred.var_names), seconds
 
 
 def describe(per_epoch: float, r2_all: float, r2_top: float) -> str:
@@ -119,8 +115,8 @@ def describe(per_epoch: float, r2_all: float, r2_top: float) -> str:
 def speed(adata: ad.AnnData, data: str, group: str, epochs: int, batch_size: int,
           seeds: list[int], reference: bool, reference_reuse_memory: bool) -> None:
     """Ours and the reference at identical settings, one line per seed and model. R² at a fixed
-    epoch varies a lot between seeds (on CD4T at batch 128, 100 epochs, ours gave top-100 0.836,
-    0.813 and 0.928 for seeds 0-2), so compare the means over several seeds, not one run."""
+    epoch varies a lot between seeds (bench/README.md), so compare the means over several seeds,
+    not one run."""
     train, control, truth = split(adata, group)
     score = Scorer(control, truth)
     print(f"\n== speed and accuracy: {group} held out, batch {batch_size}, {epochs} epochs, "

@@ -147,7 +147,7 @@ def main() -> None:
         args.data = f"simulation, response_sharing: {args.simulate}"
         adata = preprocess(simulate(n_cells=3000, n_genes=1000, n_cell_types=6, seed=0,
                                     response_sharing=args.simulate),
-                           qc={"min_genes": 200, "min_cells": 3, "max_mito_fraction": 0.2},
+                           qc={"min_genes": 200, "min_cells_per_gene": 3, "max_mito_fraction": 0.2},
                            hvg={"n_top_genes": 800, "flavor": "seurat_v3"})
     else:
         adata = ad.read_h5ad(args.data)

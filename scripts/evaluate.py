@@ -4,15 +4,16 @@ import json
 
 import anndata as ad
 
-from pertflow.keys import dataset_keys
+from pertflow.data import perturbed_mean
+from pertflow.keys import Keys
 from pertflow.logs import log_to
-from pertflow.metrics import perturbed_mean, read_degs, score
+from pertflow.metrics import read_degs, score
 from pertflow.utils import atomic_path
 
 with log_to(snakemake.log[0]) as log:
     read = {k: ad.read_h5ad(snakemake.input[k]) for k in ("prediction", "truth", "control")}
     degs = read_degs(snakemake.input.degs)
-    reference = perturbed_mean(snakemake.input.train, dataset_keys(snakemake.params.spec),
+    reference = perturbed_mean(snakemake.input.train, Keys(**snakemake.params.experiment_keys),
                                read["truth"].var_names)
     result = {**dict(snakemake.wildcards), "seed": snakemake.params.seed,
               **score(read["prediction"], read["truth"], read["control"], degs, reference,

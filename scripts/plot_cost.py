@@ -6,8 +6,9 @@ from pertflow.logs import log_to
 from pertflow.plots import cost_bars, model_colors, save
 
 with log_to(snakemake.log[0]) as log:
-    runs = [pd.read_csv(path, sep="\t").assign(model=model, group=group, seed=seed)
-            for path, (model, group, seed) in zip(snakemake.input, snakemake.params.runs)]
+    # {benchmark path: {"model", "group", "seed"}}
+    runs = [pd.read_csv(path, sep="\t").assign(**run)
+            for path, run in snakemake.params.runs.items()]
     benchmarks = pd.concat(runs, ignore_index=True)
     log.info("mean per model:\n%s",
              benchmarks.groupby("model")[["s", "max_rss"]].mean().to_string())

@@ -5,14 +5,13 @@ from pathlib import Path
 
 import anndata as ad
 
-from pertflow.keys import dataset_keys
+from pertflow.keys import Keys
 from pertflow.logs import log_to
 from pertflow.models import get_model_class
 from pertflow.plots import add_cell_cycle_phase, latent_umaps, save
 
 with log_to(snakemake.log[0]) as log:
-    spec, entry = snakemake.params.spec, snakemake.params.entry
-    keys = dataset_keys(spec)
+    keys, entry = Keys(**snakemake.params.experiment_keys), snakemake.params.entry
     model = get_model_class(entry["model"], entry["module"]).load(snakemake.input.model[0])
     cells = ad.read_h5ad(snakemake.input.cells)
     cells.obs["held out"] = (cells.obs[keys.group] == snakemake.params.group).map(
@@ -20,7 +19,7 @@ with log_to(snakemake.log[0]) as log:
     colors = [keys.condition, keys.group, "held out"]
     if add_cell_cycle_phase(cells, seed=snakemake.params.seed):
         colors.append("phase")
-    colors += [c for c in spec.get("latent_colors", []) if c not in colors]
+    colors += [c for c in snakemake.params.latent_colors if c not in colors]
     out = Path(snakemake.output[0])
     for key, latent in model.embed(cells).items():
         cells.obsm[key] = latent

@@ -13,17 +13,16 @@ from pertflow.plots import GENE_STATISTICS, expression_scatter, held_out_umap, m
 with log_to(snakemake.log[0]) as log:
     model, out = snakemake.wildcards.model, snakemake.output
     color = model_colors(snakemake.params.models)[model]
-    inputs = zip(snakemake.params.groups, snakemake.input.predictions, snakemake.input.truths,
-                 snakemake.input.controls, snakemake.input.degs)
-    for group, prediction, truth, control, degs in inputs:
-        pred, truth = ad.read_h5ad(prediction), ad.read_h5ad(truth)
-        names = read_degs(degs)
+    # {group: {"control", "truth", "degs", "predictions": {model: path}}}
+    for group, files in snakemake.params.files.items():
+        pred, truth = ad.read_h5ad(files["predictions"][model]), ad.read_h5ad(files["truth"])
+        names = read_degs(files["degs"])
         title = f"{model}: {group}"
         for statistic, directory in zip(GENE_STATISTICS, (out.mean, out.variance)):
             save(expression_scatter(pred, truth, names, title, statistic),
                  [Path(directory) / f"{group}.{ext}" for ext in ("png", "pdf")])
         log.info("%s: UMAP of %d predicted, %d real and control cells", group, pred.n_obs,
                  truth.n_obs)
-        save(held_out_umap(ad.read_h5ad(control), truth, pred, title, color,
+        save(held_out_umap(ad.read_h5ad(files["control"]), truth, pred, title, color,
                            seed=snakemake.params.seed),
              [Path(out.umap) / f"{group}.{ext}" for ext in ("png", "pdf")])

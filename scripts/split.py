@@ -2,14 +2,14 @@
 
 import anndata as ad
 
-from pertflow.keys import dataset_keys
+from pertflow.keys import Keys
 from pertflow.logs import log_to
 from pertflow.metrics import top_degs
 from pertflow.splits import split
 from pertflow.utils import atomic_path, write_h5ad
 
 with log_to(snakemake.log[0]) as log:
-    keys = dataset_keys(snakemake.params.spec)
+    keys = Keys(**snakemake.params.experiment_keys)
     parts = split(ad.read_h5ad(snakemake.input[0]), keys, snakemake.wildcards.group)
     for part, adata in parts.items():
         log.info("%s: %d cells", part, adata.n_obs)

@@ -2,11 +2,9 @@
 perturbed expression from its control cells with the model as reloaded from disk (so what is
 saved is exactly what is scored)."""
 
-import sys
-
 import anndata as ad
 
-from pertflow.keys import dataset_keys
+from pertflow.keys import Keys
 from pertflow.logs import log_to
 from pertflow.models import get_model_class
 from pertflow.utils import write_h5ad
@@ -14,12 +12,11 @@ from pertflow.utils import write_h5ad
 with log_to(snakemake.log[0]) as log:
     entry, seed = snakemake.params.entry, snakemake.params.seed
     cls = get_model_class(entry["model"], entry["module"])
-    if "torch" in sys.modules:  # one intra-op thread per job core: oversubscription is slow
-        sys.modules["torch"].set_num_threads(snakemake.threads)
+    cls.use_threads(snakemake.threads)
     train = ad.read_h5ad(snakemake.input.train)
     log.info("training %s (%s) with seed %d on %d cells × %d genes; params %s",
              snakemake.wildcards.model, entry["model"], seed, *train.shape, entry["params"])
-    model = cls(dataset_keys(snakemake.params.spec)).fit(train, entry["params"], seed)
+    model = cls(Keys(**snakemake.params.experiment_keys)).fit(train, entry["params"], seed)
     model.save(snakemake.output.model)
 
     prediction = cls.load(snakemake.output.model).predict(ad.read_h5ad(snakemake.input.control))

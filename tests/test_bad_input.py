@@ -20,10 +20,10 @@ import pytest
 import scipy.sparse as sp
 import yaml
 
+from conftest import SNAKEMAKE, TINY_MODELS
 from pertflow.errors import ConfigError
 from pertflow.models.baselines import MeanShift
 from pertflow.simulate import simulate
-from test_workflow import SNAKEMAKE, TINY_MODELS
 
 GOOD = {"condition_key": "condition", "control": "control", "perturbed": "stimulated",
         "group_key": "cell_type", "held_out": ["T-helper"], "min_cells": 5}
@@ -96,6 +96,10 @@ CONFIG_CASES = {
                     ["Error validating config file", "'condition_col' was unexpected"]),
     "wrong_type": (config_text(with_dataset(min_cells="ten")),
                    ["Error validating config file", "'ten' is not of type 'integer'"]),
+    # qc.min_cells was renamed (a dataset's min_cells is a group's minimum cells).
+    "renamed_qc_key": (config_text(with_dataset(qc={"min_cells": 3})),
+                       ["config.yaml: datasets.sim.qc.min_cells is now qc.min_cells_per_gene",
+                        "Rename the key"]),
     "dataset_name_twice": ("datasets:\n" + DATASET_TWICE + "models: {control: {}}\n",
                            ["key 'sim' is given twice", "Rename or merge them"]),
     "model_not_in_registry": (config_text(with_dataset(), {"scgenn": {}}),
@@ -105,6 +109,7 @@ CONFIG_CASES = {
 }
 
 
+@pytest.mark.workflow
 @pytest.mark.parametrize("case", CONFIG_CASES)
 def test_config_problem_stops_the_run_before_any_job(case, tmp_path):
     text, expected = CONFIG_CASES[case]
@@ -168,6 +173,8 @@ def data_run(data, server, tmp_path_factory):
     return workdir, result
 
 
+@pytest.mark.workflow
+@pytest.mark.slow
 @pytest.mark.parametrize("case", DATA_CASES)
 def test_data_problem_fails_its_job_with_the_fix_and_leaves_nothing(case, data_run):
     workdir, result = data_run

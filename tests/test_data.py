@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from pertflow.data import download, read_h5ad, standardise
-from pertflow.errors import DataError, DownloadError
-from pertflow.preprocess import preprocess, recover_counts
+from pertflow.data import download, perturbed_mean, read_h5ad, standardise
+from pertflow.errors import ConfigError, DataError, DownloadError
+from pertflow.preprocess import QC_DEFAULTS, preprocess, recover_counts
 from pertflow.simulate import simulate
 
 SPEC = {"condition_key": "condition", "control": "control", "perturbed": "stimulated",
@@ -89,6 +89,38 @@ def test_preprocess_keeps_counts_and_log_normalises():
     counts = adata.layers["counts"].toarray()
     assert np.all(counts == np.round(counts))
     assert np.allclose(np.expm1(adata.X.toarray()).sum(1)[:5] > 0, True)
+
+
+def test_preprocess_filters_genes_by_min_cells_per_gene():
+    raw = simulate(n_cells=400, n_genes=300)
+    detected_in = (raw.X > 0).sum(axis=0).A1
+    threshold = int(np.sort(detected_in)[50]) + 1  # some genes fall below it
+    kept = preprocess(raw, qc={"min_cells_per_gene": threshold}).var_names
+    assert 0 < raw.n_vars - len(kept) and set(kept) <= set(raw.var_names[detected_in >= threshold])
+    assert preprocess(raw).n_vars == raw.n_vars  # QC_DEFAULTS filter nothing
+    assert QC_DEFAULTS["min_cells_per_gene"] == 0
+
+
+def test_preprocess_refuses_the_old_qc_name_and_unknown_options():
+    raw = simulate(n_cells=200, n_genes=200)
+    with pytest.raises(ConfigError, match="qc: 'min_cells' is now 'min_cells_per_gene'"):
+        preprocess(raw, qc={"min_cells": 3})
+    with pytest.raises(ConfigError, match="hvg: unknown option 'n_top'; known: n_top_genes"):
+        preprocess(raw, hvg={"n_top": 10})
+
+
+def test_perturbed_mean_reads_only_perturbed_cells_in_chunks(tmp_path, keys):
+    rng = np.random.default_rng(4)
+    X = rng.gamma(2.0, 1.0, (11, 4)).astype(np.float32)
+    condition = ["stimulated", "control"] * 5 + ["stimulated"]
+    cells = ad.AnnData(sp.csr_matrix(X), obs=pd.DataFrame({"condition": condition},
+                                                           index=[f"c{i}" for i in range(11)]),
+                       var=pd.DataFrame(index=["a", "b", "c", "d"]))
+    cells.write_h5ad(tmp_path / "train.h5ad")
+    genes = pd.Index(["d", "a"])
+    mean = perturbed_mean(tmp_path / "train.h5ad", keys, genes, chunk_size=2)
+    perturbed = np.array(condition) == "stimulated"
+    np.testing.assert_allclose(mean, X[perturbed][:, [3, 0]].mean(0), rtol=1e-6)
 
 
 @pytest.fixture

@@ -1,15 +1,18 @@
-"""Every figure function draws a non-empty image from tiny inputs; the numbers the figures show
+"""Every figure function draws what it is for (its panels, bars, labelled genes and legend, read
+back from the matplotlib figure) and saves a non-blank PNG and a PDF; the numbers the figures show
 (ranks, Leiden ARI) are checked against direct computations."""
 
 from __future__ import annotations
 
 import anndata as ad
 import matplotlib.image
+import matplotlib.text
 import numpy as np
 import pandas as pd
 import pytest
 
 from pertflow import plots
+from pertflow.metrics import r2_of
 
 MODELS = ["control", "mean_shift", "scgen"]
 DIRECTIONS = {"r2_mean_all": "higher", "e_distance": "lower", "absent_metric": "higher"}
@@ -62,15 +65,42 @@ def test_model_colors_are_stable_and_distinct():
     assert len(set(colors.values())) == 3
 
 
+def bars(ax) -> list:
+    """The bars of ``ax`` (its rectangles), left to right."""
+    return sorted(ax.patches, key=lambda bar: bar.get_x())
+
+
+def points(ax) -> int:
+    return sum(len(collection.get_offsets()) for collection in ax.collections)
+
+
 @pytest.mark.parametrize("statistic", list(plots.GENE_STATISTICS))
 def test_expression_scatter(held_out, tmp_path, statistic):
+    """One point per gene (the top DEGs again in red), the top ten DEGs labelled, and the R² of
+    all genes and of the DEGs written on the axes."""
     control, truth, pred, degs = held_out
-    assert_drawn(plots.expression_scatter(pred, truth, degs, "test", statistic), tmp_path)
+    fig = plots.expression_scatter(pred, truth, degs, "test", statistic)
+    ax = fig.axes[0]
+    every, top = ax.collections
+    assert len(every.get_offsets()) == truth.n_vars and len(top.get_offsets()) == len(degs)
+    assert [a.get_text() for a in ax.texts if isinstance(a, matplotlib.text.Annotation)] \
+        == degs[:10]
+    f = plots.GENE_STATISTICS[statistic]
+    x, y = f(truth.X.toarray(), axis=0), f(np.asarray(pred[:, truth.var_names].X), axis=0)
+    assert f"R² all = {r2_of(x, y):.3f}" in "".join(t.get_text() for t in ax.texts)
+    assert ax.get_xlabel() == f"real {statistic} expression"
+    assert_drawn(fig, tmp_path)
 
 
 def test_held_out_umap(held_out, tmp_path):
+    """Every control, real and predicted cell is a point, and the legend names the three."""
     control, truth, pred, _ = held_out
     fig = plots.held_out_umap(control, truth, pred, "test", (0.1, 0.2, 0.8, 1.0), seed=0)
+    ax = fig.axes[0]
+    assert points(ax) == control.n_obs + truth.n_obs + pred.n_obs
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "control", "real perturbed", "predicted"]
+    assert ax.get_title() == "test"
     assert_drawn(fig, tmp_path)
 
 
@@ -86,7 +116,15 @@ def test_top_deg_violins(held_out, tmp_path):
 
 
 def test_r2_bars(metrics, tmp_path):
-    assert_drawn(plots.r2_bars(metrics, "r2_mean_all", plots.model_colors(MODELS)), tmp_path)
+    """One bar per group and model at the mean over seeds, a dot per seed, a legend of models."""
+    fig = plots.r2_bars(metrics, "r2_mean_all", plots.model_colors(MODELS))
+    ax = fig.axes[0]
+    # groups A, B on the x axis; models mean_shift, scgen side by side within each
+    assert [round(bar.get_height(), 6) for bar in bars(ax)] == [0.8, 0.9, 0.7, 0.5]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["A", "B"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["mean_shift", "scgen"]
+    assert points(ax) == len(metrics)
+    assert_drawn(fig, tmp_path)
 
 
 def test_metric_heatmaps_draw_one_panel_per_present_metric(metrics, tmp_path):
@@ -105,14 +143,29 @@ def test_mean_ranks_follow_each_metrics_direction(metrics):
 
 
 def test_ranking_bars(metrics, tmp_path):
+    """One bar per model as long as its mean rank, best on top."""
     ranks = plots.mean_ranks(metrics, DIRECTIONS)
-    assert_drawn(plots.ranking_bars(ranks, plots.model_colors(MODELS), 4), tmp_path)
+    fig = plots.ranking_bars(ranks, plots.model_colors(MODELS), 4)
+    ax = fig.axes[0]
+    by_row = sorted(ax.patches, key=lambda bar: bar.get_y())
+    assert [bar.get_width() for bar in by_row] == [1.25, 1.75]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["scgen", "mean_shift"]
+    assert ax.yaxis_inverted() and "over 4 metric × group scores" in ax.get_xlabel()
+    assert_drawn(fig, tmp_path)
 
 
 def test_cost_bars_skip_unmeasured_memory(tmp_path):
+    """Seconds and memory panels, a bar per model at the mean of its measured runs ("-": not
+    measured, left out)."""
     benchmarks = pd.DataFrame({"model": ["mean_shift", "mean_shift", "scgen"],
                                "s": [1.5, 1.7, 45.0], "max_rss": ["160.2", "-", "540.0"]})
-    assert_drawn(plots.cost_bars(benchmarks, plots.model_colors(MODELS)), tmp_path)
+    fig = plots.cost_bars(benchmarks, plots.model_colors(MODELS))
+    seconds, memory = fig.axes
+    assert [bar.get_height() for bar in bars(seconds)] == pytest.approx([1.6, 45.0])
+    assert [bar.get_height() for bar in bars(memory)] == pytest.approx([160.2, 540.0])
+    assert points(seconds) == 3 and points(memory) == 2
+    assert [t.get_text() for t in memory.get_xticklabels()] == ["mean_shift", "scgen"]
+    assert_drawn(fig, tmp_path)
 
 
 def separated_latent(seed=0, n=60):
@@ -140,10 +193,28 @@ def test_leiden_ari_is_one_on_separated_groups_and_seeded():
 def test_latent_umaps_and_comparison(tmp_path):
     obs, latent = separated_latent()
     adata = ad.AnnData(obs=obs, obsm={"X_latent": latent})
-    assert_drawn(plots.latent_umaps(adata, "X_latent", ["cell_type", "condition"]), tmp_path,
-                 "umaps")
+    fig = plots.latent_umaps(adata, "X_latent", ["cell_type", "condition"])
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["cell_type", "condition"]
+    assert all(points(ax) == len(obs) for ax in panels)
+    assert_drawn(fig, tmp_path, "umaps")
     fig, aris = plots.latent_comparison(obs, {"batch": latent, "none": latent[:, ::-1]},
                                         "cell_type", "condition", seed=0)
     assert set(aris) == {"batch", "none"} and all(-1 <= a <= 1 for a in aris.values())
-    assert sum("Leiden, ARI = " in ax.get_title() for ax in fig.axes) == 2
+    # a column per latent: group, Leiden clusters (with the ARI), condition
+    titles = sorted(ax.get_title() for ax in fig.axes if ax.get_title())
+    assert titles == sorted(f"{name}\n{row}" for name in ("batch", "none") for row in
+                            ("cell_type", "condition", f"Leiden, ARI = {aris[name]:.2f}"))
+    assert all(points(ax) == len(obs) for ax in fig.axes if ax.get_title())
     assert_drawn(fig, tmp_path, "comparison")
+
+
+def test_differing_params_tell_the_entries_of_a_class_apart():
+    params = {"scgen": {"norm": "batch", "n_latent": 100, "lr": 1e-3},
+              "scgen_nonorm": {"norm": "none", "n_latent": 100, "lr": 1e-3},
+              "scgen_small": {"norm": "batch", "n_latent": 10, "lr": 1e-3}}
+    assert plots.differing_params(params) == {
+        "scgen": {"n_latent": 100, "norm": "batch"},
+        "scgen_nonorm": {"n_latent": 100, "norm": "none"},
+        "scgen_small": {"n_latent": 10, "norm": "batch"}}
+    assert plots.differing_params({"contrastivevi": {"n_hidden": 128}}) == {"contrastivevi": {}}

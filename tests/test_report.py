@@ -27,6 +27,7 @@ from pertflow.metrics import METRICS
 from pertflow.summary import comparisons
 from pertflow.verdict import difference_cell
 
+pytestmark = pytest.mark.workflow
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--cores", "1"]
 GROUPS = ["CD4T", "NK"]
 SEEDS = [0, 1]

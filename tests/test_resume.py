@@ -14,9 +14,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import ROOT
+from conftest import GROUP, ROOT, TINY_METRICS, tiny_command
 from pertflow.utils import atomic_path, clear_stale_snakemake_locks
-from test_reproducible import GROUP, METRICS, reference, tiny_command  # noqa: F401 (fixture)
 
 RESULTS = Path("results/sim")
 SCGEN = RESULTS / "runs" / "scgen" / GROUP / "seed0"
@@ -64,14 +63,16 @@ def _group_alive(pgid: int) -> bool:
     return any(member(process) for process in psutil.process_iter())
 
 
+@pytest.mark.workflow
+@pytest.mark.slow
 def test_interrupted_runs_resume_to_identical_metrics(reference, tmp_path):
     command = tiny_command(tmp_path)
     for sig, moment, what in INTERRUPTIONS:
         interrupt(command, tmp_path, sig, moment)
-        assert not (tmp_path / METRICS).exists(), f"{what}: the run was not interrupted"
+        assert not (tmp_path / TINY_METRICS).exists(), f"{what}: the run was not interrupted"
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-5000:]
-    assert (tmp_path / METRICS).read_bytes() == (reference / METRICS).read_bytes()
+    assert (tmp_path / TINY_METRICS).read_bytes() == (reference / TINY_METRICS).read_bytes()
     leftovers = [p for p in (tmp_path / "results").rglob("*") if ".part" in p.name]
     assert not leftovers, leftovers
 

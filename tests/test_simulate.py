@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import scanpy as sc
 
+from pertflow.preprocess import TARGET_SUM
 from pertflow.simulate import simulate
 from pertflow.utils import write_h5ad
 
@@ -14,7 +15,7 @@ DEFAULT_RUN = {"n_cells": 3000, "n_genes": 1000, "n_cell_types": 6, "seed": 0}  
 def means(adata):
     """Per type (in uns order): control and stimulated mean log-normalised expression."""
     adata = adata.copy()
-    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.normalize_total(adata, target_sum=TARGET_SUM)
     sc.pp.log1p(adata)
     X = adata.X.toarray()
     cell_type = adata.obs["cell_type"].to_numpy()

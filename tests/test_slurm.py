@@ -24,12 +24,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, TINY_MODELS, default_config
 from pertflow.simulate import simulate
 from pertflow.utils import write_h5ad
-from test_workflow import TINY_MODELS, default_config
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.workflow, pytest.mark.slow]
 
 HERE = ROOT / "tests" / "slurm"
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]

@@ -1,4 +1,5 @@
-"""Shared torch helpers: device choice and the allocator settings training relies on for speed."""
+"""Shared torch helpers and the torch models' base: device choice, the allocator settings training
+relies on for speed, and the check of the genes of cells given to a trained model."""
 
 import resource
 import sys
@@ -6,6 +7,8 @@ import sys
 import pytest
 import torch
 
+from pertflow.errors import DataError
+from pertflow.models import get_model_class
 from pertflow.torch_utils import resolve_device, reuse_freed_memory
 
 
@@ -32,3 +35,17 @@ def test_cuda_without_a_gpu_names_the_fix(monkeypatch):
     assert resolve_device("auto") == torch.device("cpu")
     with pytest.raises(RuntimeError, match="device: cpu"):
         resolve_device("cuda")
+
+
+@pytest.mark.parametrize("name", ["scgen", "contrastivevi", "transformer"])
+def test_cells_with_other_genes_are_refused_alike_by_every_torch_model(name, small_sim, keys):
+    """The check runs before the network is touched, so an untrained model shows it."""
+    model = get_model_class(name)(keys)
+    model.genes = list(small_sim.var_names)
+    missing = small_sim[:, 2:]
+    with pytest.raises(DataError, match=rf"^model '{name}' was trained on 300 genes; these cells "
+                                        r"have 298 genes, 2 of them missing \(first: \['"
+                                        r".*Subset the cells to the training genes"):
+        model.predict(missing)
+    with pytest.raises(DataError, match=r"have 300 genes, others besides them, or another order"):
+        model.embed(small_sim[:, ::-1])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.server
 import subprocess
-import sys
 import threading
 from functools import partial
 from pathlib import Path
@@ -13,21 +12,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, SNAKEMAKE, TINY_MODELS, default_config, with_params
 from pertflow.metrics import METRICS
 from pertflow.summary import ALL_GROUPS
 
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--cores", "2"]
-# Few-epoch, small-width settings: the integration tests check plumbing, not quality.
-TINY_MODELS = {
-    "scgen": {"max_epochs": 3, "n_hidden": 64, "n_latent": 8, "batch_size": 64,
-              "patience": None, "device": "cpu"},
-    "contrastivevi": {"max_epochs": 2, "n_hidden": 32, "batch_size": 64, "prediction": "sampled",
-                      "device": "cpu"},
-    "transformer": {"n_layers": 1, "d_model": 16, "n_heads": 2, "n_bins": 11, "max_genes": 64,
-                    "epochs": 1, "batch_size": 64,
-                    "device": "cpu"},
-}
+pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 
 
 def run(workdir: Path, config: dict, *extra: str, check: bool = True):
@@ -40,24 +29,10 @@ def run(workdir: Path, config: dict, *extra: str, check: bool = True):
     return result
 
 
-def with_params(config: dict, model_params: dict) -> dict:
-    """``model_params`` (by model name) merged into the params of every entry of that model, so
-    that `scgen`'s also reach an ablation entry such as `scgen_nonorm: {model: scgen}`."""
-    for name, entry in config["models"].items():
-        model = entry.get("model", name)
-        if model in model_params:
-            entry["params"] = {**entry.get("params", {}), **model_params[model]}
-    return config
-
-
-def default_config(**model_params) -> dict:
-    return with_params(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()),
-                       model_params)
-
-
 def assert_figures(figures: Path, models: list[str], latent_models: list[str],
-                   groups: list[str]):
-    """Every figure of a finished run: per model and held-out group, per group, per dataset."""
+                   groups: list[str], latent_classes: list[str]):
+    """Every figure of a finished run: per model and held-out group, per group, per dataset, and
+    the side-by-side latents of each model class with a latent space."""
     def drawn(path: Path) -> bool:
         return path.stat().st_size > 10_000 and path.with_suffix(".pdf").exists()
 
@@ -66,11 +41,13 @@ def assert_figures(figures: Path, models: list[str], latent_models: list[str],
             assert sorted(p.stem for p in (figures / kind / model).glob("*.png")) == groups
             assert all(drawn(figures / kind / model / f"{g}.png") for g in groups), (kind, model)
     assert all(drawn(figures / "violin" / f"{g}.png") for g in groups)
-    for name in ("r2_mean_top100", "r2_mean_all", "metrics_heatmap", "ranking", "cost",
-                 "scgen_latents"):
+    for name in ("r2_mean_top100", "r2_mean_all", "metrics_heatmap", "ranking", "cost"):
         assert drawn(figures / f"{name}.png"), name
     for model in latent_models:
         assert any(drawn(p) for p in (figures / "latent" / model).glob("*.png")), model
+    assert sorted(p.name for p in figures.glob("*_latents.png")) == sorted(
+        f"{cls}_latents.png" for cls in latent_classes)
+    assert all(drawn(figures / f"{cls}_latents.png") for cls in latent_classes)
 
 
 def test_default_workflow_produces_metrics_figures_and_report(tmp_path):
@@ -85,8 +62,14 @@ def test_default_workflow_produces_metrics_figures_and_report(tmp_path):
     assert metrics[["r2_mean_all", "r2_mean_top100"]].notna().all().all()
     by_model = metrics.groupby("model")["r2_mean_top100"].mean()
     assert by_model["mean_shift"] > by_model["control"]
-    assert_figures(results / "figures", list(config["models"]),
-                   ["scgen", "contrastivevi", "transformer"], groups)
+    latent_models = ["scgen", "contrastivevi", "transformer"]
+    assert_figures(results / "figures", list(config["models"]), latent_models, groups,
+                   latent_models)
+    # contrastiveVI's two latent spaces side by side (its only entry: labelled by name alone)
+    comparison = (results / "logs" / "plot_latent_comparison" / "contrastivevi.log").read_text()
+    assert "contrastivevi: the only entry of its class" in comparison
+    assert "'contrastivevi X_background'" in comparison
+    assert "'contrastivevi X_salient'" in comparison
     latents = {"scgen": ["X_scgen"], "contrastivevi": ["X_background", "X_salient"],
                "transformer": ["X_transformer"]}
     for model, keys in latents.items():
@@ -172,7 +155,10 @@ def test_kang_valid_draws_every_figure_for_one_held_out_type(tmp_path, kang_path
     assert {"scgen_layernorm", "scgen_nonorm"} <= set(models)
     assert_figures(results / "figures", models,
                    ["scgen", "scgen_layernorm", "scgen_nonorm", "contrastivevi", "transformer"],
-                   ["CD4T"])
+                   ["CD4T"], ["scgen", "contrastivevi", "transformer"])
     assert pd.read_csv(results / "splits" / "CD4T" / "degs.csv")["names"][0] == "ISG15"
-    ablation = (results / "logs" / "plot_scgen_latents.log").read_text()
-    assert all(f"norm = {norm}" in ablation for norm in ("batch", "layer", "none"))
+    # The ablation's entries, each labelled by the param that tells it apart.
+    ablation = (results / "logs" / "plot_latent_comparison" / "scgen.log").read_text()
+    assert all(f"{name}: norm = {norm}" in ablation for name, norm in (
+        ("scgen", "batch"), ("scgen_layernorm", "layer"), ("scgen_nonorm", "none")))
+    assert "'scgen_nonorm (norm: none)'" in ablation

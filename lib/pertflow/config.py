@@ -23,11 +23,10 @@ def model_entry(config: dict, entry: str) -> dict[str, Any]:
 
 
 def baseline_models(config: dict) -> list[str]:
-    """Config model entries whose class is one of the baselines (``pertflow.models.baselines``)."""
+    """Config model entries whose class declares itself a baseline (``Model.is_baseline``)."""
     def is_baseline(name: str) -> bool:
         entry = model_entry(config, name)
-        return get_model_class(entry["model"], entry["module"]).__module__ == \
-            "pertflow.models.baselines"
+        return get_model_class(entry["model"], entry["module"]).is_baseline
 
     return [name for name in config["models"] if is_baseline(name)]
 

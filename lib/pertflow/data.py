@@ -1,5 +1,6 @@
 """Getting a dataset: download with checksum, simulate, or read a local file; then bring it to the
-workflow's standard form (renamed keys and labels, raw counts in ``X``) and check it early."""
+workflow's standard form (renamed keys and labels, raw counts in ``X``) and check it early. Also
+the reads of workflow files too large to load whole (``perturbed_mean``)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from pertflow.keys import dataset_keys
 from pertflow.errors import DataError, DownloadError
+from pertflow.keys import Keys, dataset_keys
 from pertflow.preprocess import check_counts, recover_counts
 from pertflow.splits import choose_held_out_groups
-from pertflow.utils import atomic_path
+from pertflow.utils import atomic_path, dense
 
 log = logging.getLogger(__name__)
 
@@ -145,3 +146,22 @@ def standardise(adata: ad.AnnData, spec: dict, name: str) -> ad.AnnData:
     adata.layers.clear()
     return adata
 
+
+def perturbed_mean(path: str, keys: Keys, genes: pd.Index, chunk_size: int = 5000) -> np.ndarray:
+    """Per-gene mean of the perturbed cells in the h5ad file at ``path`` (a split's training
+    cells), in the order of ``genes``; read backed, ``chunk_size`` rows at a time, so the
+    training matrix is never held in memory whole."""
+    cells = ad.read_h5ad(path, backed="r")
+    try:
+        rows = np.flatnonzero((cells.obs[keys.condition] == keys.perturbed).to_numpy())
+        columns = cells.var_names.get_indexer(genes)
+        if len(rows) == 0 or (columns < 0).any():
+            raise DataError(f"{path}: no perturbed training cells or genes missing from the "
+                            "truth's; rerun the split (delete the split's directory).")
+        total = np.zeros(len(genes))
+        for start in range(0, len(rows), chunk_size):
+            block = dense(cells[rows[start:start + chunk_size]].X).astype(np.float64)
+            total += block[:, columns].sum(axis=0)
+    finally:
+        cells.file.close()
+    return total / len(rows)

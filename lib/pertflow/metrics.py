@@ -10,9 +10,7 @@ from scipy import stats
 from scipy.spatial.distance import cdist, pdist
 from sklearn.decomposition import PCA
 
-from pertflow.errors import DataError
-from pertflow.keys import Keys
-from pertflow.utils import dense, r2_of
+from pertflow.utils import dense
 
 # Every metric column of the tidy table, in display order, with the direction that is better.
 # The "_top100" names are fixed column names: the number of DEGs they use is the config value
@@ -30,7 +28,7 @@ METRICS: dict[str, str] = {
     "direction_accuracy_top100": "higher",
 }
 # Cells per side for the distance metrics and the PCA they use: pairwise distances grow with the
-# square of the cell count, and 2000 cells keep evaluation to seconds.
+# square of the cell count (timings in bench/README.md, "Evaluation").
 MAX_DISTANCE_CELLS = 2000
 N_PCA_COMPS = 50
 
@@ -47,6 +45,11 @@ def top_degs(truth: ad.AnnData, control: ad.AnnData, n: int = 100) -> pd.DataFra
 def read_degs(path: str) -> list[str]:
     """The ranked DEG names of a split's ``degs.csv`` (written from ``top_degs``)."""
     return pd.read_csv(path)["names"].astype(str).tolist()
+
+
+def r2_of(x: np.ndarray, y: np.ndarray) -> float:
+    """scGen's R²: squared Pearson correlation from a least-squares line through (x, y)."""
+    return float(stats.linregress(x, y).rvalue ** 2)
 
 
 def r2_mean(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -71,26 +74,6 @@ def pearson_delta(pred: np.ndarray, truth: np.ndarray, reference: np.ndarray) ->
     return float(stats.pearsonr(pred.mean(axis=0) - reference, truth.mean(axis=0) - reference)[0])
 
 
-def perturbed_mean(path: str, keys: Keys, genes: pd.Index, chunk_size: int = 5000) -> np.ndarray:
-    """Per-gene mean of the perturbed cells in the h5ad file at ``path`` (a split's training
-    cells), in the order of ``genes``; read backed, ``chunk_size`` rows at a time, so the
-    training matrix is never held in memory whole."""
-    cells = ad.read_h5ad(path, backed="r")
-    try:
-        rows = np.flatnonzero((cells.obs[keys.condition] == keys.perturbed).to_numpy())
-        columns = cells.var_names.get_indexer(genes)
-        if len(rows) == 0 or (columns < 0).any():
-            raise DataError(f"{path}: no perturbed training cells or genes missing from the "
-                            "truth's; rerun the split (delete the split's directory).")
-        total = np.zeros(len(genes))
-        for start in range(0, len(rows), chunk_size):
-            block = dense(cells[rows[start:start + chunk_size]].X).astype(np.float64)
-            total += block[:, columns].sum(axis=0)
-    finally:
-        cells.file.close()
-    return total / len(rows)
-
-
 def subsample(X: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """At most ``n`` rows of ``X``, drawn without replacement."""
     return X if len(X) <= n else X[np.sort(rng.choice(len(X), size=n, replace=False))]
@@ -98,8 +81,8 @@ def subsample(X: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
 
 def pca_projection(fit_on: np.ndarray, n_comps: int, seed: int) -> PCA:
     """PCA (centred, unscaled, as scanpy's ``pp.pca``) fitted on ``fit_on`` cells by seeded
-    randomized SVD in single precision: exact solvers take minutes on thousands of cells × genes,
-    this takes seconds, and distances in its space agree with an exact SVD's to about 0.1%."""
+    randomized SVD in single precision, much faster than an exact solver on thousands of cells ×
+    genes with distances that agree closely with an exact SVD's (bench/README.md, "Evaluation")."""
     n_comps = min(n_comps, fit_on.shape[0] - 1, fit_on.shape[1] - 1)
     return PCA(n_components=n_comps, svd_solver="randomized",
                random_state=seed).fit(fit_on.astype(np.float32))
@@ -148,7 +131,7 @@ def score(pred: ad.AnnData, truth: ad.AnnData, control: ad.AnnData, degs: list[s
     """Every metric of one prediction; genes are aligned on ``truth.var_names``.
 
     ``degs`` are the real top DEGs (truth vs control); ``perturbed_reference`` the per-gene mean
-    of the perturbed training cells, in truth's gene order. The distance metrics use at most
+    of the perturbed training cells, in truth's gene order (``pertflow.data.perturbed_mean``). The distance metrics use at most
     ``max_cells`` cells per population, drawn with ``seed``, in a PCA of truth and control."""
     genes = truth.var_names
     P, T, C = (dense(a[:, genes].X).astype(np.float64) for a in (pred, truth, control))

@@ -279,6 +279,15 @@ def leiden_ari(view: ad.AnnData, labels: str, seed: int, resolution: float = 0.5
     return float(adjusted_rand_score(view.obs[labels], view.obs["leiden"]))
 
 
+def differing_params(params: dict[str, dict]) -> dict[str, dict]:
+    """For each entry (name: its params), the params whose values are not the same in every
+    entry: what tells the entries of one model class apart (nothing for a lone entry)."""
+    names = sorted({key for p in params.values() for key in p}, key=str)
+    differ = [key for key in names
+              if len({repr(p.get(key)) for p in params.values()}) > 1]
+    return {entry: {key: p.get(key) for key in differ} for entry, p in params.items()}
+
+
 def latent_comparison(obs: pd.DataFrame, latents: dict[str, np.ndarray], group: str,
                       condition: str, seed: int, resolution: float = 0.5):
     """Latent spaces side by side (one column each): UMAP coloured by ``group``, by the Leiden

@@ -1,4 +1,7 @@
-"""QC, normalisation and HVG selection with scanpy; raw counts kept in ``layers['counts']``."""
+"""QC, normalisation and HVG selection with scanpy; raw counts kept in ``layers['counts']``.
+
+The defaults of a dataset's ``qc:`` and ``hvg:`` and the normalisation's target total live here
+alone; the config schema lists the keys but leaves the defaults to this module."""
 
 from __future__ import annotations
 
@@ -9,12 +12,32 @@ import numpy as np
 import scanpy as sc
 import scipy.sparse as sp
 
-from pertflow.errors import DataError
+from pertflow.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-QC_DEFAULTS = {"min_genes": 0, "min_cells": 0, "max_mito_fraction": 1.0, "mito_prefix": "MT-"}
+# min_genes: genes a cell needs; min_cells_per_gene: cells a gene must be detected in;
+# max_mito_fraction: of a cell's counts on genes starting with mito_prefix.
+QC_DEFAULTS = {"min_genes": 0, "min_cells_per_gene": 0, "max_mito_fraction": 1.0,
+               "mito_prefix": "MT-"}
+# n_top_genes: None keeps every gene.
 HVG_DEFAULTS = {"n_top_genes": None, "flavor": "seurat_v3"}
+# X is log1p of counts normalised to this total per cell.
+TARGET_SUM = 1e4
+# Old qc: names and what they are called now (a dataset's `min_cells` is a group's minimum cells).
+RENAMED_QC_KEYS = {"min_cells": "min_cells_per_gene"}
+
+
+def _options(given: dict | None, defaults: dict, what: str) -> dict:
+    """``given`` over ``defaults``; a renamed or unknown name is an error that names the fix."""
+    given = dict(given or {})
+    for key in given:
+        if what == "qc" and key in RENAMED_QC_KEYS:
+            raise ConfigError(f"qc: '{key}' is now '{RENAMED_QC_KEYS[key]}' (the cells a gene "
+                              "must be detected in); rename it.")
+        if key not in defaults:
+            raise ConfigError(f"{what}: unknown option '{key}'; known: {', '.join(defaults)}.")
+    return {**defaults, **given}
 
 
 def recover_counts(X, where: str = "X") -> sp.csr_matrix:
@@ -60,11 +83,12 @@ def check_counts(X, where: str) -> None:
 
 
 def preprocess(adata: ad.AnnData, qc: dict | None = None, hvg: dict | None = None,
-               target_sum: float | None = 1e4) -> ad.AnnData:
+               target_sum: float | None = TARGET_SUM) -> ad.AnnData:
     """``adata.X`` holds raw counts on entry. Returns QC-filtered cells, counts in
-    ``layers['counts']``, log1p(normalize_total) in ``X`` and, if asked, only the HVGs."""
-    qc = {**QC_DEFAULTS, **(qc or {})}
-    hvg = {**HVG_DEFAULTS, **(hvg or {})}
+    ``layers['counts']``, log1p(normalize_total) in ``X`` and, if asked, only the HVGs. ``qc``
+    and ``hvg`` override ``QC_DEFAULTS`` and ``HVG_DEFAULTS``."""
+    qc = _options(qc, QC_DEFAULTS, "qc")
+    hvg = _options(hvg, HVG_DEFAULTS, "hvg")
     adata = adata.copy()
     adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
     n0, g0 = adata.shape
@@ -74,8 +98,8 @@ def preprocess(adata: ad.AnnData, qc: dict | None = None, hvg: dict | None = Non
     keep &= adata.obs["pct_counts_mt"].to_numpy() <= 100.0 * qc["max_mito_fraction"]
     keep &= adata.obs["total_counts"].to_numpy() > 0
     adata = adata[keep].copy()
-    if qc["min_cells"]:
-        sc.pp.filter_genes(adata, min_cells=qc["min_cells"])
+    if qc["min_cells_per_gene"]:
+        sc.pp.filter_genes(adata, min_cells=qc["min_cells_per_gene"])
     log.info("QC kept %d of %d cells and %d of %d genes", adata.n_obs, n0, adata.n_vars, g0)
     if adata.n_obs == 0:
         raise DataError("QC removed every cell; relax `qc:` (min_genes, max_mito_fraction).")

@@ -1,4 +1,5 @@
-"""Small helpers shared by the library: dense views, seeded balancing, atomic writes, provenance."""
+"""Small helpers shared by the library: dense views, seeded balancing, atomic writes, provenance,
+Snakemake lock clean-up."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from typing import IO
 
 import numpy as np
 import scipy.sparse as sp
-from scipy import stats
 
 ROOT = Path(__file__).resolve().parents[2]
 # Packages whose versions decide a run's numbers; torch and pyro only when the run imported them.
@@ -27,11 +27,6 @@ VERSIONED_IF_IMPORTED = {"torch": "torch", "pyro": "pyro-ppl"}
 def dense(X) -> np.ndarray:
     """A dense float ndarray view of X (sparse matrices are densified)."""
     return np.asarray(X.toarray() if sp.issparse(X) else X)
-
-
-def r2_of(x: np.ndarray, y: np.ndarray) -> float:
-    """scGen's R²: squared Pearson correlation from a least-squares line through (x, y)."""
-    return float(stats.linregress(x, y).rvalue ** 2)
 
 
 def balanced_indices(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:

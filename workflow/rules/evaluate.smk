@@ -1,5 +1,3 @@
-from itertools import product
-
 EVALUATION_OUTPUTS = expand(
     [
         "results/{dataset}/metrics.csv",
@@ -29,7 +27,7 @@ rule evaluate:
     conda:
         "../../envs/evaluate.yaml"
     params:
-        spec=dataset_spec,
+        experiment_keys=experiment_keys,
         # Seeds the cell subsampling and PCA of the distance metrics.
         seed=lambda w: int(w.seed),
     script:
@@ -58,14 +56,7 @@ rule aggregate_metrics:
 # uns (not its matrix): settings, α and weights per held-out group (header only if none transfers).
 rule collect_transfer:
     input:
-        # every model, held-out group and seed, in expand's product order (as params.runs)
-        lambda w: expand(
-            f"{RUN}/prediction.h5ad",
-            dataset=w.dataset,
-            model=MODELS,
-            group=held_out_groups(w.dataset),
-            seed=SEEDS,
-        ),
+        lambda w: list(run_files(f"{RUN}/prediction.h5ad")(w)),
     output:
         report(
             "results/{dataset}/transfer.csv",
@@ -80,7 +71,8 @@ rule collect_transfer:
     conda:
         "../../envs/evaluate.yaml"
     params:
-        runs=lambda w: list(product(MODELS, held_out_groups(w.dataset), SEEDS)),
+        # {prediction path: its model, group and seed}
+        runs=run_files(f"{RUN}/prediction.h5ad"),
     script:
         "../../scripts/collect_transfer.py"
 

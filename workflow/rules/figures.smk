@@ -1,15 +1,11 @@
-from itertools import product
-
-# The model entries that are scGen (the default and its ablations, e.g. norm: layer | none):
-# their latent spaces are compared side by side.
-SCGEN_MODELS = [m for m in MODELS if model_entry(config, m)["model"] == "scgen"]
+import re
 
 FIGURE_OUTPUTS = (
     expand(
         "results/{dataset}/figures/{name}.{ext}",
         dataset=DATASETS,
         name=["r2_mean_top100", "r2_mean_all", "metrics_heatmap", "ranking", "cost"]
-        + (["scgen_latents"] if SCGEN_MODELS else []),
+        + [f"{cls}_latents" for cls in LATENT_CLASSES],
         ext=["png", "pdf"],
     )
     + expand(
@@ -84,15 +80,7 @@ rule plot_metrics:
 
 rule plot_predictions:
     input:
-        predictions=lambda w: expand(
-            f"{RUN}/prediction.h5ad",
-            group=held_out_groups(w.dataset),
-            seed=SEEDS[0],
-            allow_missing=True,
-        ),
-        truths=split_files("truth.h5ad"),
-        controls=split_files("control.h5ad"),
-        degs=split_files("degs.csv"),
+        lambda w: paths(group_files(w, [w.model])),
     output:
         mean=report(
             directory("results/{dataset}/figures/mean_scatter/{model}"),
@@ -125,7 +113,8 @@ rule plot_predictions:
     conda:
         "../../envs/figures.yaml"
     params:
-        groups=lambda w: held_out_groups(w.dataset),
+        # {group: {"control", "truth", "degs", "predictions": {model: path}}}
+        files=lambda w: group_files(w, [w.model]),
         models=MODELS,
         seed=SEEDS[0],
     script:
@@ -134,17 +123,7 @@ rule plot_predictions:
 
 rule plot_violins:
     input:
-        # every model (inner) of every held-out group (outer): expand's product order
-        predictions=lambda w: expand(
-            f"{RUN}/prediction.h5ad",
-            group=held_out_groups(w.dataset),
-            model=MODELS,
-            seed=SEEDS[0],
-            allow_missing=True,
-        ),
-        truths=split_files("truth.h5ad"),
-        controls=split_files("control.h5ad"),
-        degs=split_files("degs.csv"),
+        lambda w: paths(group_files(w, MODELS)),
     output:
         report(
             directory("results/{dataset}/figures/violin"),
@@ -160,7 +139,8 @@ rule plot_violins:
     conda:
         "../../envs/figures.yaml"
     params:
-        groups=lambda w: held_out_groups(w.dataset),
+        # {group: {"control", "truth", "degs", "predictions": {model: path}}}
+        files=lambda w: group_files(w, MODELS),
         models=MODELS,
         n_genes=3,
     script:
@@ -193,7 +173,8 @@ rule plot_latent:
     conda:
         "../../envs/figures.yaml"
     params:
-        spec=dataset_spec,
+        experiment_keys=experiment_keys,
+        latent_colors=lambda w: dataset_spec(w)["latent_colors"],
         entry=lambda w: model_entry(config, w.model),
         group=lambda w: held_out_groups(w.dataset)[0],
         seed=SEEDS[0],
@@ -201,49 +182,40 @@ rule plot_latent:
         "../../scripts/plot_latent.py"
 
 
-rule plot_scgen_latents:
+rule plot_latent_comparison:
     input:
-        models=lambda w: expand(
-            f"{RUN}/model",
-            model=SCGEN_MODELS,
-            group=held_out_groups(w.dataset)[0],
-            seed=SEEDS[0],
-            allow_missing=True,
-        ),
+        models=lambda w: list(latent_models(w).values()),
         cells="results/{dataset}/preprocessed.h5ad",
     output:
         png=report(
-            "results/{dataset}/figures/scgen_latents.png",
-            caption="../report/scgen_latents.rst",
+            "results/{dataset}/figures/{cls}_latents.png",
+            caption="../report/latent_comparison.rst",
             category="Latent spaces",
-            subcategory="scGen: Leiden clusters and encoder normalisation",
-            labels={"dataset": "{dataset}", "models": ", ".join(SCGEN_MODELS)},
+            subcategory="Entries of one model class: Leiden clusters",
+            labels={"dataset": "{dataset}", "model class": "{cls}"},
         ),
-        pdf="results/{dataset}/figures/scgen_latents.pdf",
+        pdf="results/{dataset}/figures/{cls}_latents.pdf",
     log:
-        "results/{dataset}/logs/plot_scgen_latents.log",
+        "results/{dataset}/logs/plot_latent_comparison/{cls}.log",
     benchmark:
-        "results/{dataset}/benchmarks/plot_scgen_latents.tsv"
+        "results/{dataset}/benchmarks/plot_latent_comparison/{cls}.tsv"
+    wildcard_constraints:
+        cls="|".join(map(re.escape, LATENT_CLASSES)) or "(?!)",
     conda:
         "../../envs/figures.yaml"
     params:
-        spec=dataset_spec,
-        models=SCGEN_MODELS,
+        experiment_keys=experiment_keys,
+        # {entry: its model directory} and {entry: {"model", "module", "params"}}, config order
+        models=latent_models,
+        entries=lambda w: {m: model_entry(config, m) for m in LATENT_CLASSES[w.cls]},
         seed=SEEDS[0],
     script:
-        "../../scripts/plot_scgen_latents.py"
+        "../../scripts/plot_latent_comparison.py"
 
 
 rule plot_cost:
     input:
-        # every model, held-out group and seed, in expand's product order (as params.runs)
-        lambda w: expand(
-            "results/{dataset}/benchmarks/train_predict/{model}/{group}/seed{seed}.tsv",
-            model=MODELS,
-            group=held_out_groups(w.dataset),
-            seed=SEEDS,
-            allow_missing=True,
-        ),
+        lambda w: list(run_files(TRAIN_BENCHMARK)(w)),
     output:
         png=report(
             "results/{dataset}/figures/cost.png",
@@ -259,6 +231,7 @@ rule plot_cost:
     conda:
         "../../envs/figures.yaml"
     params:
-        runs=lambda w: list(product(MODELS, held_out_groups(w.dataset), SEEDS)),
+        # {benchmark path: its model, group and seed}
+        runs=run_files(TRAIN_BENCHMARK),
     script:
         "../../scripts/plot_cost.py"

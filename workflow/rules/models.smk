@@ -8,22 +8,20 @@ rule train_predict:
     log:
         f"{RUN}/train_predict.log",
     benchmark:
-        "results/{dataset}/benchmarks/train_predict/{model}/{group}/seed{seed}.tsv"
+        TRAIN_BENCHMARK
     conda:
         "../../envs/models.yaml"
-    threads: lambda w: model_entry(config, w.model)["threads"]
+    threads: model_resource("threads")
     resources:
         gpu=gpus,
         # Unset for CPU jobs and GPU jobs without a configured model (any GPU).
-        gpu_model=lambda w: (
-            config["models"][w.model].get("gpu_model") if gpus(w) else None
-        ),
+        gpu_model=lambda w: model_resource("gpu_model")(w) if gpus(w) else None,
         cpus_per_task=lambda w, threads: threads,
         # A job that ran out of memory is retried (profile `retries`) with more.
-        mem_mb=lambda w, attempt: config["models"][w.model]["mem_mb"] * attempt,
+        mem_mb=lambda w, attempt: model_resource("mem_mb")(w) * attempt,
     params:
         entry=lambda w: model_entry(config, w.model),
-        spec=dataset_spec,
+        experiment_keys=experiment_keys,
         seed=lambda w: int(w.seed),
     script:
         "../../scripts/train_predict.py"

@@ -8,7 +8,9 @@ checkpoint held_out_groups:
     conda:
         "../../envs/preprocess.yaml"
     params:
-        spec=dataset_spec,
+        experiment_keys=experiment_keys,
+        held_out=lambda w: dataset_spec(w)["held_out"],
+        min_cells=lambda w: dataset_spec(w)["min_cells"],
     script:
         "../../scripts/held_out_groups.py"
 
@@ -28,7 +30,7 @@ rule split:
     conda:
         "../../envs/preprocess.yaml"
     params:
-        spec=dataset_spec,
+        experiment_keys=experiment_keys,
         n_top_degs=config["n_top_degs"],
     script:
         "../../scripts/split.py"

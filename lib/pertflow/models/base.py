@@ -28,13 +28,19 @@ class Model:
     """Base class: subclasses set ``defaults`` and implement ``_fit``, ``predict`` and state I/O.
 
     ``params`` given to ``fit`` are merged over ``defaults``; a key not in ``defaults`` is an error,
-    so a misspelt hyperparameter never trains silently with the default value.
+    so a misspelt hyperparameter never trains silently with the default value. ``choices`` and
+    ``_check_param_rules`` declare the values a param may take: the config is checked against them
+    when it is read, before anything runs.
     """
 
     name: ClassVar[str]
     defaults: ClassVar[dict[str, Any]] = {}
+    # The values a param may take, for params that take one of a few: {param: (value, ...)}.
+    choices: ClassVar[dict[str, tuple]] = {}
     # Cells a training minibatch must hold: models with BatchNorm layers set 2.
     min_batch_cells: ClassVar[int] = 1
+    # A reference the models are compared against (summaries list baselines apart).
+    is_baseline: ClassVar[bool] = False
 
     def __init__(self, keys: Keys):
         self.keys = keys
@@ -46,6 +52,8 @@ class Model:
 
     @classmethod
     def check_params(cls, params: dict[str, Any] | None, where: str = "params") -> dict[str, Any]:
+        """``params`` merged over ``defaults``, or a ConfigError naming ``where`` (the config path
+        of the params) and the param at fault."""
         params = dict(params or {})
         unknown = sorted(set(params) - set(cls.defaults))
         if unknown:
@@ -55,13 +63,33 @@ class Model:
                 f"Known parameters: {known}. Fix the spelling or remove them."
             )
         params = {**cls.defaults, **params}
+        for key, allowed in cls.choices.items():
+            if params[key] not in allowed:
+                raise cls.param_error(where, key, params[key], " or ".join(map(repr, allowed)))
         batch_size = params.get("batch_size")
         if batch_size is not None and batch_size < cls.min_batch_cells:
             raise ConfigError(
                 f"{where}: batch_size={batch_size}, but model '{cls.name}' needs at least "
                 f"{cls.min_batch_cells} cells per training batch (BatchNorm cannot normalise a "
                 f"single cell). Set `batch_size` to {cls.min_batch_cells} or more.")
+        cls._check_param_rules(params, where)
         return params
+
+    @classmethod
+    def _check_param_rules(cls, params: dict[str, Any], where: str) -> None:
+        """Rules ``choices`` cannot say (ranges, params that constrain each other): raise
+        ``cls.param_error`` on a value that breaks one."""
+
+    @classmethod
+    def param_error(cls, where: str, key: str, value: Any, allowed: str) -> ConfigError:
+        """The one message for a param value the model does not accept."""
+        return ConfigError(f"{where}.{key}: {value!r} is not allowed for model '{cls.name}'; "
+                           f"use {allowed}.")
+
+    @classmethod
+    def use_threads(cls, n: int) -> None:
+        """Compute on ``n`` threads (the job's cores). Models whose library keeps a thread pool
+        of its own (torch) size it here; the others need nothing."""
 
     def fit(self, train: ad.AnnData, params: dict[str, Any] | None, seed: int) -> "Model":
         self.params = self.check_params(params)
@@ -163,7 +191,7 @@ def _import_model_modules(name: str | None = None) -> None:
     import pertflow.models as package
 
     modules = [info.name for info in pkgutil.iter_modules(package.__path__)
-               if info.name != "base"]
+               if info.name not in ("base", "torch_base")]
     for module in [name] if name in modules else modules:
         importlib.import_module(f"pertflow.models.{module}")
 

@@ -12,7 +12,6 @@ import pandas as pd
 from sklearn.decomposition import PCA
 
 from pertflow import transfer
-from pertflow.errors import ConfigError
 from pertflow.models.base import Model, register
 from pertflow.utils import balanced_indices, dense
 
@@ -20,6 +19,8 @@ from pertflow.utils import balanced_indices, dense
 @register("control")
 class ControlBaseline(Model):
     """Predicts that the perturbation changes nothing: held-out controls are returned unchanged."""
+
+    is_baseline = True
 
     def _fit(self, train: ad.AnnData) -> None:
         pass
@@ -37,6 +38,8 @@ class ControlBaseline(Model):
 class _ShiftModel(Model):
     """Shared arithmetic: delta = mean(embed(perturbed)) − mean(embed(control)) over training cells,
     optionally after resampling every group to the largest group's size (scGen's balancing)."""
+
+    is_baseline = True
 
     def _embed(self, X: np.ndarray) -> np.ndarray:
         return X
@@ -80,7 +83,7 @@ class MeanShift(_ShiftModel):
 def fit_pca(X: np.ndarray, n_comps: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean and components (n_comps × genes) of an exact PCA of the rows of X, from the
     eigendecomposition of the smaller of the gene covariance and the cells' Gram matrix: far
-    faster than a full SVD of the cell matrix (100k cells: minutes → seconds)."""
+    faster than a full SVD of the cell matrix."""
     n_comps = min(n_comps, X.shape[0] - 1, X.shape[1])
     if X.shape[0] > X.shape[1]:
         pca = PCA(n_components=n_comps, svd_solver="covariance_eigh").fit(X)
@@ -123,14 +126,11 @@ class _TransferModel(Model):
     ``pertflow.transfer``), in gene space or in a PCA of the training cells; the transfer's
     settings and α are chosen by leave-one-group-out on the training groups."""
 
+    is_baseline = True
     method: str
-    spaces = ("genes", "pca")
 
     def _fit(self, train: ad.AnnData) -> None:
         p, k = self.params, self.keys
-        if p["space"] not in self.spaces:
-            raise ConfigError(f"{self.name}: space must be one of {self.spaces}, "
-                              f"not {p['space']!r}")
         condition, groups = train.obs[k.condition].to_numpy(), train.obs[k.group].to_numpy()
         transfer.require_paired_groups(condition, groups, k.control, k.perturbed)
         X = dense(train.X)
@@ -198,11 +198,12 @@ class SimilarityShift(_TransferModel):
 
     method = "similarity"
     defaults = {
-        "space": "genes",      # genes | pca (of the training cells)
+        "space": "genes",      # pca: a PCA of the training cells
         "n_comps": 50,         # PCA components with space: pca
         "score_genes": transfer.SCORE_GENES,  # each training group's most changed genes scored
         "max_cells": 500,      # cells per group and condition kept for the inner choice
     }
+    choices = {"space": ("genes", "pca")}
 
 
 @register("transport_shift")
@@ -212,10 +213,10 @@ class TransportShift(_TransferModel):
     similarity-weighted delta of its k most similar (cosine) training control cells."""
 
     method = "per_cell"
-    spaces = ("pca",)
     defaults = {
         "space": "pca",
         "n_comps": 50,
         "score_genes": transfer.SCORE_GENES,
         "max_cells": 500,      # cells per group and condition transported (seeded subsample)
     }
+    choices = {"space": ("pca",)}

@@ -28,8 +28,8 @@ Linear to the genes, with no output activation. Three deliberate differences in 
 
 Speed comes from a plain loop instead of a framework: minibatches are row slices of one CSR
 matrix, the first layer reads the sparse rows directly (``F.embedding_bag``: each cell sums the
-weight rows of its expressed genes, scaled by expression, so ~5% non-zero costs ~5% of a dense
-matmul, forward and backward), and Adam is fused.
+weight rows of its expressed genes, scaled by expression, so its cost scales with the non-zero
+fraction instead of with a dense matmul, forward and backward), and Adam is fused.
 """
 
 from __future__ import annotations
@@ -50,9 +50,10 @@ from torch import nn
 
 from pertflow import transfer
 from pertflow.errors import ConfigError
-from pertflow.models.base import Model, register
-from pertflow.torch_utils import resolve_device, reuse_freed_memory, seed_everything
-from pertflow.utils import balanced_indices, dense, r2_of
+from pertflow.metrics import r2_of
+from pertflow.models.base import register
+from pertflow.models.torch_base import TorchModel
+from pertflow.utils import balanced_indices, dense
 
 log = logging.getLogger(__name__)
 
@@ -107,13 +108,12 @@ class SparseInputLinear(nn.Module):
 
 
 def norm_layer(kind: str, width: int) -> nn.Module:
+    """``norm``: batch | layer | none (ScGen.choices)."""
     if kind == "batch":
         return nn.BatchNorm1d(width, momentum=0.01, eps=1e-3)  # scvi's settings
     if kind == "layer":
         return nn.LayerNorm(width, elementwise_affine=False)
-    if kind == "none":
-        return nn.Identity()
-    raise ConfigError(f"scgen: norm must be batch, layer or none, not {kind!r}")
+    return nn.Identity()
 
 
 def after_linear(kind: str, width: int, dropout: float) -> list[nn.Module]:
@@ -301,7 +301,7 @@ class ArithmeticCheck:
 
 
 @register("scgen")
-class ScGen(Model):
+class ScGen(TorchModel):
     """scGen: a VAE whose latent space carries the perturbation as one vector."""
 
     min_batch_cells = 2  # BatchNorm in the hidden layers (norm: batch)
@@ -312,42 +312,46 @@ class ScGen(Model):
         "n_layers": 2,
         "n_latent": 100,
         "dropout_rate": 0.2,
-        "norm": "batch",            # batch | layer | none, after each hidden linear layer
-        "recon_loss": "mse",        # mse | l1
+        "norm": "batch",            # after each hidden linear layer
+        "recon_loss": "mse",
         "kl_weight": 5e-5,
         # optimisation
         "batch_size": 64,           # more optimiser steps per second than 128, steadier than 32
         "lr": 1e-3,
-        "lr_schedule": "cosine",    # constant | cosine (to lr·lr_final_fraction at max_epochs)
+        "lr_schedule": "cosine",    # cosine: down to lr·lr_final_fraction at max_epochs
         "lr_final_fraction": 0.1,
         "adam_eps": 0.01,           # scvi's TrainingPlan defaults
         "weight_decay": 1e-6,
         "max_epochs": 80,
         "validation_fraction": 0.1,
-        "stop_on": "arithmetic",    # arithmetic | validation_loss, for patience and restore_best
+        "stop_on": "arithmetic",    # what patience and restore_best watch
         "patience": 20,             # epochs without a better score; None: never stop
         "min_epochs": 40,           # epochs trained before one is kept or stopping starts
         "restore_best": True,       # end with the weights of the best-scoring epoch
         # prediction
-        "delta_groups": "transport",  # paired | all | similarity | transport: module docstring
+        "delta_groups": "transport",  # see the module docstring
         "restrict_arithmetic_to": None,  # list of groups for delta; None: all groups
         # decoded: decode(z + delta), as the reference; residual: the control cell + decode(z +
         # delta) − decode(z), the decoded change added to the cell's own expression
         "prediction": "residual",
-        "device": "auto",           # auto | cpu | cuda
+        "device": "auto",
     }
 
-    def _check(self) -> None:
-        p = self.params
-        choices = {"recon_loss": ("mse", "l1"), "lr_schedule": ("constant", "cosine"),
-                   "norm": ("batch", "layer", "none"), "stop_on": ("arithmetic", "validation_loss"),
-                   "delta_groups": ("paired", "all", "similarity", "transport"),
-                   "prediction": ("decoded", "residual")}
-        for key, allowed in choices.items():
-            if p[key] not in allowed:
-                raise ConfigError(f"scgen: {key} must be one of {allowed}, not {p[key]!r}")
-        if not 0 <= p["validation_fraction"] < 1:
-            raise ConfigError("scgen: validation_fraction must be in [0, 1)")
+    choices = {
+        "norm": ("batch", "layer", "none"),
+        "recon_loss": ("mse", "l1"),
+        "lr_schedule": ("constant", "cosine"),
+        "stop_on": ("arithmetic", "validation_loss"),
+        "delta_groups": ("paired", "all", "similarity", "transport"),
+        "prediction": ("decoded", "residual"),
+    }
+
+    @classmethod
+    def _check_param_rules(cls, params: dict, where: str) -> None:
+        super()._check_param_rules(params, where)
+        if not 0 <= params["validation_fraction"] < 1:
+            raise cls.param_error(where, "validation_fraction", params["validation_fraction"],
+                                  "a fraction in [0, 1)")
 
     def _build(self, n_genes: int) -> VAE:
         p = self.params
@@ -359,27 +363,24 @@ class ScGen(Model):
 
         The reference stops on scvi's ``elbo_validation`` = full MSE + *unweighted* KL, while the
         loss it minimises weights KL by 5e-5. Nothing holds the KL of 100 latent dimensions down,
-        so it jumps from ~100 to hundreds or thousands of nats after the first epoch (on Kang,
-        batch 32: 110, 366, 15943, 2270, ...) while the MSE improves by tens: that criterion is
-        lowest at epoch 1–3 and patience 25 stops at ~27, long before the prediction converges.
+        so it grows by far more after the first epochs than the MSE improves: that criterion is
+        lowest within the first few epochs and stops training long before the prediction
+        converges (bench/README.md).
 
         The validation loss that is trained (``stop_on: validation_loss``) keeps falling, but a
         lower loss does not mean a better prediction: reconstruction of the unseen perturbed cells
         keeps improving for hundreds of epochs while the arithmetic does not. So the default
         score is the arithmetic itself, tested leave-one-group-out on the training groups
-        (``ArithmeticCheck``). On Kang with CD4T held out it rises and falls with CD4T's R² over
-        the epochs of a run (correlation 0.66–0.75). It decodes groups the model has seen, so an
+        (``ArithmeticCheck``), which rises and falls with the held-out group's R² over the epochs
+        of a run (bench/README.md). It decodes groups the model has seen, so an
         undertrained model can score well on it early on: nothing before ``min_epochs`` is kept.
         Without two training groups that have both conditions it cannot be computed and the
         validation loss is used. The cosine decay of the learning rate damps the epoch-to-epoch
         swings of the predicted response seen at a constant rate.
         """
-        self._check()
         p, k = self.params, self.keys
-        generator = seed_everything(self.seed)
-        reuse_freed_memory()
+        generator = self._start_training(train)
         rng = np.random.default_rng(self.seed)
-        self.device = resolve_device(p["device"])
         X = as_csr(train.X)
         condition, groups = train.obs[k.condition].to_numpy(), train.obs[k.group].to_numpy()
         if p["delta_groups"] != "all":  # fails before training when no group has both
@@ -473,6 +474,7 @@ class ScGen(Model):
         return decode_genes(self.vae, z, genes).mean(0).cpu().numpy()
 
     def predict(self, control_cells: ad.AnnData) -> ad.AnnData:
+        self._check_genes(control_cells)
         latent = latent_means(self.vae, as_csr(control_cells.X), self.device)
         if self.responses is None:
             delta = self.delta
@@ -486,10 +488,12 @@ class ScGen(Model):
         return self._prediction(control_cells, predicted)
 
     def embed(self, adata: ad.AnnData) -> dict[str, np.ndarray]:
+        self._check_genes(adata)
         return {"X_scgen": latent_means(self.vae, as_csr(adata.X), self.device)}
 
     def _save_state(self, directory: Path) -> None:
-        state = {"vae": self.vae.state_dict(), "n_genes": self.vae.input_layer.weight.shape[0]}
+        super()._save_state(directory)
+        state = {"vae": self.vae.state_dict()}
         if self.responses is None:
             state["delta"] = torch.from_numpy(self.delta)
         else:
@@ -500,23 +504,20 @@ class ScGen(Model):
                 state |= {"controls": [torch.from_numpy(c) for c in r.controls],
                           "deltas": [torch.from_numpy(d) for d in r.deltas]}
         torch.save(state, directory / "model.pt")
-        self.history.to_csv(directory / "losses.csv", index=False)
 
     def _load_state(self, directory: Path) -> None:
-        self.device = resolve_device(self.params["device"])
-        state = torch.load(directory / "model.pt", map_location=self.device, weights_only=True)
-        self.vae = self._build(state["n_genes"])
+        super()._load_state(directory)
+        state = self._load_tensors(directory / "model.pt")
+        self.vae = self._build(len(self.genes))
         self.vae.load_state_dict(state["vae"])
         self.vae.eval()
         self.responses = None
         if "delta" in state:
-            self.delta = state["delta"].cpu().numpy()
+            self.delta = state["delta"].numpy()
         else:
-            numpy = {key: [t.cpu().numpy() for t in state.get(key, [])]
+            numpy = {key: [t.numpy() for t in state.get(key, [])]
                      for key in ("controls", "deltas")}
             self.responses = transfer.Responses(
                 state["names"], state["control_means"].numpy(), state["shifts"].numpy(),
                 numpy["controls"], [], numpy["deltas"])
             self.choice = transfer.Choice.from_record(self.transfer)
-        losses = directory / "losses.csv"
-        self.history = pd.read_csv(losses) if losses.exists() else pd.DataFrame()

@@ -37,13 +37,12 @@ of the cell's own value, so it can be learnt from the cell. (A random perturbed 
 target before, is best predicted in MSE by g's perturbed mean whatever the input cell: the
 predictions collapsed to nearly one profile per group.) g's controls' targets have g's perturbed
 means.
-scGPT's masked-value pretraining was measured on Kang et al. 2018 and dropped: it changed no score
-and took 2-4 times the training time (bench/README.md).
+scGPT's masked-value pretraining was dropped: on Kang et al. 2018 it changed no score and made
+training slower (bench/README.md).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -58,8 +57,8 @@ import torch.nn.functional as F
 from scipy.stats import rankdata
 
 from pertflow import transfer
-from pertflow.models.base import Model, register
-from pertflow.torch_utils import resolve_device, reuse_freed_memory, seed_everything
+from pertflow.models.base import register
+from pertflow.models.torch_base import TorchModel
 from pertflow.utils import dense
 
 log = logging.getLogger(__name__)
@@ -223,7 +222,7 @@ class CellTransformer(nn.Module):
 # ----------------------------------------------------------------------------- model
 
 @register("transformer")
-class Transformer(Model):
+class Transformer(TorchModel):
     """scGPT-style transformer predicting each control cell's change on top of the response
     transferred from the training groups that resemble its group."""
 
@@ -242,15 +241,19 @@ class Transformer(Model):
         "device": "auto",
     }
 
+    @classmethod
+    def _check_param_rules(cls, params: dict, where: str) -> None:
+        super()._check_param_rules(params, where)
+        if params["d_model"] % params["n_heads"]:  # each head gets d_model / n_heads dimensions
+            raise cls.param_error(where, "d_model", params["d_model"],
+                                  f"a multiple of n_heads ({params['n_heads']})")
+
     # -- training -------------------------------------------------------------------------
 
     def _fit(self, train: ad.AnnData) -> None:
         p, k = self.params, self.keys
-        self.device = resolve_device(p["device"])
-        seed_everything(self.seed)
-        reuse_freed_memory()
+        self._start_training(train)
         rng = np.random.default_rng(self.seed)
-        self.genes = list(train.var_names)
         X = dense(train.X).astype(np.float32)                          # (cells, genes)
         condition = train.obs[k.condition].to_numpy()
         groups = train.obs[k.group].astype(str).to_numpy()
@@ -326,10 +329,6 @@ class Transformer(Model):
 
     # -- inference ------------------------------------------------------------------------
 
-    def _check_genes(self, adata: ad.AnnData) -> None:
-        if list(adata.var_names) != self.genes:
-            raise ValueError("transformer: cells must have the training genes in the same order")
-
     @torch.no_grad()
     def predict(self, control_cells: ad.AnnData) -> ad.AnnData:
         """Every gene of every control cell, given the response that every paired training group
@@ -391,20 +390,17 @@ class Transformer(Model):
     # -- checkpoint -----------------------------------------------------------------------
 
     def _save_state(self, directory: Path) -> None:
+        super()._save_state(directory)
         torch.save(self.net.state_dict(), directory / "model.pt")
-        (directory / "genes.json").write_text(json.dumps(self.genes))
-        self.history.to_csv(directory / "losses.csv", index=False)
         r = self.responses
         np.savez(directory / "responses.npz", names=np.asarray(r.names, dtype=str),
                  control_means=r.control_means, shifts=r.shifts)
         self.choice.scores.to_csv(directory / "transfer_scores.csv")
 
     def _load_state(self, directory: Path) -> None:
-        self.device = resolve_device(self.params["device"])
-        self.genes = json.loads((directory / "genes.json").read_text())
+        super()._load_state(directory)
         self._build_network()
-        self.net.load_state_dict(torch.load(directory / "model.pt", map_location=self.device))
-        self.history = pd.read_csv(directory / "losses.csv")
+        self.net.load_state_dict(self._load_tensors(directory / "model.pt"))
         state = np.load(directory / "responses.npz")
         self.responses = transfer.Responses(list(state["names"]), state["control_means"],
                                             state["shifts"], [], [])
