@@ -11,7 +11,7 @@ from sklearn.metrics import silhouette_score
 from sklearn.model_selection import cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 
-from pertflow.errors import ConfigError, DataError
+from pertflow.errors import DataError
 from pertflow.models import Model, get_model_class
 
 # Short runs: the KL weight reaches 1 after 20 of 60 epochs instead of scvi-tools' 400.
@@ -19,7 +19,7 @@ TRAINED = {"max_epochs": 60, "kl_warmup_epochs": 20, "wasserstein_penalty": 1.0}
 TINY = {"max_epochs": 2, "n_hidden": 32, "batch_size": 64}
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def fit(adata, keys, params, seed=0):
@@ -130,7 +130,7 @@ def test_save_and_load_round_trip(trained, small_sim, keys, tmp_path):
     np.testing.assert_allclose(loaded.predict(cells).X, trained.predict(cells).X, rtol=1e-6)
     np.testing.assert_allclose(loaded.embed(cells)["X_salient"],
                                trained.embed(cells)["X_salient"], rtol=1e-6)
-    # Both evaluate with the learned dispersion (unit dispersion would cost ~1.5 %).
+    # Both evaluate with the learned dispersion (unit dispersion would be outside the tolerance).
     heldout = trained.evaluate(small_sim)["loss"]
     assert heldout == pytest.approx(trained.history["validation_loss"].iloc[-1], rel=0.05)
     assert loaded.evaluate(small_sim)["loss"] == pytest.approx(heldout, rel=0.005)
@@ -173,11 +173,6 @@ def test_no_control_cells_is_refused(small_sim, keys):
         fit(only_stimulated, keys, TINY)
 
 
-def test_unknown_option_value_is_refused(small_sim, keys):
-    with pytest.raises(ConfigError, match="library"):
-        fit(small_sim, keys, {**TINY, "library": "fixed"})
-
-
 def test_missing_covariate_is_refused(small_sim, keys):
     with pytest.raises(DataError, match=r"obs\['batch'\] is missing"):
         fit(small_sim, keys, {**TINY, "covariates": ["batch"]})
@@ -200,6 +195,156 @@ def test_salient_transfer_records_its_choice_and_survives_a_round_trip(small_sim
     np.testing.assert_allclose(Model.load(tmp_path / "m").predict(controls).X, pred.X, rtol=1e-6)
 
 
-def test_salient_transfer_with_covariates_is_refused(small_sim, keys):
-    with pytest.raises(ConfigError, match=r"needs `covariates: \[\]`"):
-        fit(small_sim, keys, {**TINY, "covariates": ["donor"], "salient_transfer": "similarity"})
+@pytest.mark.parametrize("options", [
+    {},
+    {"wasserstein_penalty": 1.0, "classifier_weight": 1.0},
+    {"elbo": "trace", "library": "latent", "covariates": ["donor"], "n_layers": 2},
+])
+def test_fast_loss_equals_pyro_elbo_on_a_fixed_batch(small_sim, keys, options):
+    """Training's hand-written loss (sparse counts, no Pyro traces) is Pyro's TraceMeanField_ELBO
+    (Trace_ELBO) loss on the model and guide, penalty factors included, with the same draws from
+    the same random state; so are its gradients, and so is the held-out ELBO."""
+    import pyro
+    from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+
+    from pertflow.models import contrastivevi as cvi
+
+    model = get_model_class("contrastivevi")(keys)
+    model.params = model.check_params({**TINY, **options})
+    model.seed = 0
+    model.covariate_categories = {key: sorted(small_sim.obs[key].astype(str).unique())
+                                  for key in model.params["covariates"]}
+    counts, covariates = model._counts(small_sim), model._covariates(small_sim)
+    model._start_training(small_sim)
+    network = cvi._ContrastiveVAE(small_sim.n_vars, covariates.shape[1], model.params,
+                                  (7.0, 0.5)).to(model.device)
+    model.network = network
+    is_control, _ = model._condition_masks(small_sim)
+    control = np.flatnonzero(is_control)[:40]
+    perturbed = np.flatnonzero(~is_control)[:50]
+    totals = (400, 700)  # the plates scale each group up to these
+    elbo = TraceMeanField_ELBO() if model.params["elbo"] == "meanfield" else Trace_ELBO()
+    parameters = dict(network.named_parameters())
+
+    def loss_and_grads(fast: bool, kl_weight: float = 0.3):
+        torch.manual_seed(11)
+        if fast:
+            loss, _ = network.loss(model._sparse_batch(model._training_data(counts, covariates),
+                                                       control, perturbed, *totals), kl_weight)
+        else:
+            loss = elbo.differentiable_loss(network.model, network.guide,
+                                            model._batch(counts, covariates, control, perturbed,
+                                                         *totals), kl_weight)
+        dispersion = network.inverse_dispersion().unconstrained()
+        grads = torch.autograd.grad(loss, [*parameters.values(), dispersion])
+        return float(loss.detach()), grads
+
+    with pyro.get_param_store().scope():
+        network.train()  # dropout on: its masks are drawn from the same random state
+        plain, plain_grads = loss_and_grads(fast=False)
+        fast, fast_grads = loss_and_grads(fast=True)
+        assert fast == pytest.approx(plain, rel=1e-5)
+        # Float rounding only: e.g. the first layers' biases, whose gradient batch norm cancels
+        # to rounding noise, differ on that noise's scale, not on their own.
+        largest = max(float(g.abs().max()) for g in plain_grads)
+        for name, g_plain, g_fast in zip([*parameters, "inverse_dispersion"], plain_grads,
+                                         fast_grads):
+            torch.testing.assert_close(g_fast, g_plain, rtol=1e-3, atol=1e-5 * largest,
+                                       msg=lambda m: f"{name}: {m}")
+        assert not torch.equal(plain_grads[0], torch.zeros_like(plain_grads[0]))
+
+        # The per-epoch held-out ELBO by the fast path equals the one through Pyro.
+        torch.manual_seed(5)
+        by_pyro = model._heldout_losses(counts, covariates, control, perturbed)
+        torch.manual_seed(5)
+        by_fast = model._heldout_losses(counts, covariates, control, perturbed,
+                                        data=model._training_data(counts, covariates))
+        for name in ("loss", "reconstruction_loss"):
+            assert by_fast[name] == pytest.approx(by_pyro[name], rel=1e-5)
+
+
+def test_sparse_encoder_equals_dense(trained, small_sim):
+    """The encoders' first layer on sparse rows gives the dense layer's output."""
+    counts, covariates = trained._counts(small_sim[:100]), trained._covariates(small_sim[:100])
+    rows = np.arange(100)
+    network = trained.network.eval()
+    sparse = trained._sparse_batch(trained._training_data(counts, covariates), rows, rows[:0],
+                                   100, 0)
+    dense_batch = trained._batch(counts, covariates, rows, rows[:0], 100, 0)
+    with torch.no_grad():
+        for encoder in (network.background_encoder, network.salient_encoder):
+            for a, b in zip(encoder(sparse, sparse.covariates),
+                            encoder(dense_batch.normalised, dense_batch.covariates)):
+                np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_fused_optimiser_makes_pyros_clipped_adam_update():
+    """One fused Adam over every parameter makes pyro.optim.ClippedAdam's update (elementwise
+    clamp, L2 weight decay, Pyro's eps placement) to float rounding."""
+    from pyro.optim.clipped_adam import ClippedAdam
+
+    from pertflow.models.contrastivevi import _ClippedAdam
+
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(30, 7), (7,), (1,)]
+    start = [torch.randn(shape, generator=generator) for shape in shapes]
+    ours = [x.clone().requires_grad_() for x in start]
+    pyros = [x.clone().requires_grad_() for x in start]
+    settings = {"lr": 1e-2, "eps": 0.01, "weight_decay": 1e-3, "clip_norm": 1.0}
+    fused, reference = _ClippedAdam(ours, **settings), ClippedAdam(pyros, **settings)
+    for _ in range(30):
+        grads = [3 * torch.randn(shape, generator=generator) for shape in shapes]  # clamps
+        for params, optimiser in ((ours, fused), (pyros, reference)):
+            for param, grad in zip(params, grads):
+                param.grad = grad.clone()
+            optimiser.step()
+    for a, b, x in zip(ours, pyros, start):
+        assert not torch.equal(b, x)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_sparse_zinb_log_likelihood_equals_pyros_distribution():
+    """The likelihood as training computes it (every gene as if zero, corrected at the non-zero
+    counts, hand-written gradient) against Pyro's ZeroInflatedNegativeBinomial, far from the
+    typical values too: large and small means, gates and dispersions, counts up to 500."""
+    import pyro.distributions as dist
+    import scipy.sparse as sp
+
+    from pertflow.models import contrastivevi as cvi
+
+    generator = torch.Generator().manual_seed(1)
+    n_cells, n_genes = 12, 40
+    counts = torch.poisson(torch.rand(n_cells, n_genes, generator=generator) ** 4 * 30)
+    counts[0, :5] = torch.tensor([1.0, 2.0, 100.0, 500.0, 0.0])
+    counts[:, 0] += 1  # no empty cell
+    csr = sp.csr_matrix(counts.numpy())
+    model = get_model_class("contrastivevi")(None)
+    model.device = torch.device("cpu")
+    data = {"counts": csr, "library": counts.sum(-1).numpy(),
+            "covariates": torch.zeros(n_cells, 0)}
+    batch = model._sparse_batch(data, np.arange(5), np.arange(5, n_cells), 5, n_cells - 5)
+    inputs = [8 * torch.randn(n_cells, n_genes, generator=generator),  # logits of proportions
+              6 * torch.randn(n_cells, n_genes, generator=generator),  # gate logits
+              7 + torch.randn(n_cells, generator=generator),  # log library
+              torch.exp(3 * torch.randn(n_genes, generator=generator))]  # inverse dispersion
+    inputs = [x.requires_grad_() for x in inputs]
+
+    def by_pyro(proportion_logits, gate_logits, log_library, r):
+        log_proportions = proportion_logits.log_softmax(-1)
+        return dist.ZeroInflatedNegativeBinomial(
+            total_count=r, logits=log_library.unsqueeze(-1) + log_proportions - r.log(),
+            gate_logits=gate_logits).log_prob(counts).sum(-1)
+
+    def by_training(proportion_logits, gate_logits, log_library, r):
+        return cvi._zinb_log_likelihood(batch, log_library, proportion_logits.log_softmax(-1),
+                                        gate_logits, r)
+
+    weights = torch.rand(n_cells, generator=generator)  # a gradient other than all ones
+    results = []
+    for function in (by_pyro, by_training):
+        values = function(*inputs)
+        results.append((values, torch.autograd.grad((values * weights).sum(), inputs)))
+    (expected, expected_grads), (got, got_grads) = results
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-3)
+    for g_got, g_expected in zip(got_grads, expected_grads):
+        torch.testing.assert_close(g_got, g_expected, rtol=1e-4, atol=1e-4)
