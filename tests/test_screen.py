@@ -1,0 +1,248 @@
+"""The Perturb-seq screen library: simulation truth, cell-cycle scoring, effect sizes, responder
+calls, the Mixscape-like baseline, latent DE and the input checks. Latents are built from the
+simulation's truth, so no model is trained here."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+from scipy.spatial.distance import cdist
+
+from pertflow import screen
+from pertflow.errors import DataError
+from pertflow.preprocess import preprocess
+
+CONTROL = screen.DEFAULTS["control"]
+SMALL = {"n_cells": 2400, "n_genes": 400, "seed": 1}
+
+
+@pytest.fixture(scope="module")
+def counts():
+    return screen.simulate_screen(**SMALL)
+
+
+@pytest.fixture(scope="module")
+def sim(counts):
+    return preprocess(counts, qc={"max_mito_fraction": 0.2})
+
+
+def truth_latent(adata, dims=24, strong=4.0, weak=2.0, seed=0):
+    """Noise N(0, I) plus, for a responding cell of an acting knockout, its own orthonormal
+    direction times the effect size (in noise sds); also returns the directions."""
+    rng = np.random.default_rng(seed)
+    truth = screen.truth_table(adata)
+    directions = np.linalg.qr(rng.normal(size=(dims, dims)))[0][:len(truth)]
+    labels = adata.obs["perturbation"].astype(str).to_numpy()
+    latent = rng.normal(size=(adata.n_obs, dims))
+    size = truth["effect"].map({"strong": strong, "weak": weak, "none": 0.0})
+    for i, name in enumerate(truth.index):
+        cells = (labels == name) & ~adata.obs["escaped"].to_numpy()
+        latent[cells] += size[name] * directions[i]
+    return latent, directions
+
+
+def test_simulation_is_reproducible_and_its_truth_consistent(counts):
+    again = screen.simulate_screen(**SMALL)
+    assert (counts.X != again.X).nnz == 0
+    assert (counts.X != screen.simulate_screen(**{**SMALL, "seed": SMALL["seed"] + 1}).X).nnz > 0
+    assert np.all(counts.X.data == np.round(counts.X.data))
+    truth, genes = screen.truth_table(counts), screen.truth_genes(counts)
+    p = screen.DEFAULTS
+    assert truth["acting"].sum() == p["n_strong"] + p["n_weak"]
+    assert set(genes) == set(truth.index[truth["acting"]])
+    assert all(len(g) == p["n_programme_genes"] and set(g) <= set(counts.var_names)
+               for g in genes.values())
+    assert set(screen.cell_cycle_genes()["gene"]) <= set(counts.var_names)
+    assert counts.var_names.str.startswith("MT-").sum() == p["n_mito_genes"]
+    obs = counts.obs
+    assert set(obs["perturbation"].cat.categories) == {CONTROL, *truth.index}
+    assert not obs.loc[obs["perturbation"] == CONTROL, "escaped"].any()
+    assert set(counts.uns["simulation"]["escaped_cells"]) == set(obs.index[obs["escaped"]])
+    assert list(counts.uns["simulation"]["true_phase"]) == list(obs["true_phase"].astype(str))
+    # A strong knockout's responders differ from controls on its genes; its escapers do not.
+    x = preprocess(counts)
+    strong = truth.index[truth["effect"] == "strong"][0]
+    cols = x.var_names.get_indexer(genes[strong])
+    labels = x.obs["perturbation"].to_numpy()
+
+    def shift(rows):
+        return np.abs(x.X[rows][:, cols].mean(0) - x.X[labels == CONTROL][:, cols].mean(0)).mean()
+
+    escaped = x.obs["escaped"].to_numpy()
+    assert shift((labels == strong) & ~escaped) > 3 * shift((labels == strong) & escaped)
+
+
+def test_cell_cycle_scoring_recovers_the_simulated_phase(sim):
+    adata = sim.copy()
+    screen.score_cell_cycle(adata)
+    accuracy = np.mean(adata.obs["phase"].astype(str) == adata.obs["true_phase"].astype(str))
+    assert accuracy > 0.85  # chance (always G1) is about 0.5
+    assert len(adata.uns["cell_cycle"]["s_genes"]) == 43
+    assert len(adata.uns["cell_cycle"]["g2m_genes"]) == 54
+
+
+def test_cell_cycle_scoring_refuses_counts_and_missing_genes(counts, sim):
+    with pytest.raises(DataError, match="log-normalised"):
+        screen.score_cell_cycle(counts.copy())
+    few = sim[:, ~sim.var_names.isin(screen.cell_cycle_genes()["gene"][5:])].copy()
+    with pytest.raises(DataError, match="before HVG selection"):
+        screen.score_cell_cycle(few)
+
+
+def test_e_distance_permutations_match_a_direct_computation():
+    rng = np.random.default_rng(0)
+    A, B = rng.normal(1.0, 1.0, (30, 4)), rng.normal(size=(50, 4))
+
+    def unbiased(a, b):
+        def within(x):
+            return cdist(x, x).sum() / (len(x) * (len(x) - 1))
+        return 2 * cdist(a, b).mean() - within(a) - within(b)
+
+    observed, null = screen._e_distance_permutations(A, B, 5, np.random.default_rng(1))
+    assert observed == pytest.approx(unbiased(A, B))
+    pooled = np.vstack([A, B])
+    picks = np.argsort(np.random.default_rng(1).random((5, 80)), axis=1)[:, :30]
+    for value, pick in zip(null, picks):
+        rest = np.setdiff1d(np.arange(80), pick)
+        assert value == pytest.approx(unbiased(pooled[pick], pooled[rest]))
+
+
+def test_effect_size_ranks_acting_targets_and_null_p_values_are_not_significant(sim):
+    latent, _ = truth_latent(sim)
+    labels = sim.obs["perturbation"].astype(str).to_numpy()
+    effects = screen.effect_sizes(latent, labels, CONTROL, n_permutations=300, max_cells=300)
+    truth = screen.truth_table(sim).loc[effects.index]
+    assert screen.effect_auroc(effects["e_distance"], truth["acting"]) >= 0.95
+    by_effect = effects.groupby(truth["effect"])["e_distance"].mean()
+    assert by_effect["strong"] > by_effect["weak"] > by_effect["none"]
+    assert abs(by_effect["none"]) < 0.15 * by_effect["weak"]  # unbiased: about 0 for no effect
+    assert (effects.loc[truth["effect"] == "strong", "p_value"] < 0.01).all()
+    assert (effects.loc[truth["effect"] == "weak", "p_value"] < 0.05).mean() >= 0.75
+    assert (effects.loc[~truth["acting"], "q_value"] > 0.05).all()
+    # Many null perturbations: permutation p-values about uniform.
+    rng = np.random.default_rng(3)
+    noise = rng.normal(size=(3000, 5))
+    fake = np.where(np.arange(3000) < 600, CONTROL, [f"N{i % 40}" for i in range(3000)])
+    p = screen.effect_sizes(noise, fake, CONTROL, n_permutations=200)["p_value"]
+    assert stats.kstest(p, "uniform").pvalue > 0.01
+    assert np.mean(p < 0.05) < 0.2
+
+
+def test_responder_calls_recover_escapers(sim):
+    latent, _ = truth_latent(sim)
+    labels = sim.obs["perturbation"].astype(str).to_numpy()
+    truth = screen.truth_table(sim)
+    calls = screen.call_responders(latent, labels, CONTROL)
+    assert len(calls) == sim.n_obs and not calls.loc[labels == CONTROL, "responder"].any()
+    strong = truth.index[truth["effect"] == "strong"]
+    scores = screen.responder_scores(calls["responder"], sim.obs["escaped"], labels, strong)
+    assert scores["accuracy"] > 0.9 and scores["escaper_recall"] > 0.8
+    acting = truth.index[truth["acting"]]
+    assert screen.responder_scores(calls["responder"], sim.obs["escaped"], labels,
+                                   acting)["accuracy"] > 0.8
+    gated = screen.call_responders(latent, labels, CONTROL, significant=list(strong))
+    assert not gated.loc[~np.isin(labels, strong), "responder"].any()
+
+
+def test_mixscape_baseline_separates_responders_of_strong_targets(sim):
+    adata = sim.copy()
+    screen.mixscape(adata, "perturbation", CONTROL, split_by="batch")
+    assert adata.layers["X_pert"].shape == adata.shape
+    labels = adata.obs["perturbation"].astype(str).to_numpy()
+    truth = screen.truth_table(adata)
+    cls = adata.obs["mixscape_class_global"].astype(str).to_numpy()
+    assert (cls[labels == CONTROL] == CONTROL).all()
+    strong = truth.index[truth["effect"] == "strong"]
+    scores = screen.responder_scores(cls == "KO", adata.obs["escaped"], labels, strong)
+    assert scores["accuracy"] > 0.85
+    null = np.isin(labels, truth.index[~truth["acting"]])
+    assert np.mean(cls[null] == "NP") > 0.9
+
+
+def test_latent_de_with_a_linear_decoder_recovers_the_true_genes(sim):
+    salient, directions = truth_latent(sim)
+    labels = sim.obs["perturbation"].astype(str).to_numpy()
+    rng = np.random.default_rng(1)
+    truth, genes = screen.truth_table(sim), screen.truth_genes(sim)
+    # Salient direction i decodes to knockout i's programme; background to anything else.
+    W_salient = np.zeros((salient.shape[1], sim.n_vars))
+    for i, name in enumerate(truth.index):
+        if name in genes:
+            W_salient[i, sim.var_names.get_indexer(genes[name])] = rng.choice([-1, 1], 20)
+    W_salient = directions.T @ W_salient
+    W_background = rng.normal(size=(5, sim.n_vars))
+
+    def decode(background, salient_latent, rows):
+        assert len(rows) == len(background)
+        return 1.0 + background @ W_background + salient_latent @ W_salient
+
+    samples = 4
+    background = rng.normal(size=(samples, sim.n_obs, 5))
+    posterior = salient[None] + 0.3 * rng.normal(size=(samples, *salient.shape))
+    de = screen.latent_de(decode, background, posterior, labels, CONTROL, sim.var_names,
+                          max_cells=100)
+    assert set(de["perturbation"]) == set(truth.index)
+    assert (de["lower"] <= de["score"] + 1e-9).all() and (de["score"] <= de["upper"] + 1e-9).all()
+    latent_p20 = screen.precision_at_k(de, genes, k=20)
+    assert (latent_p20 >= 0.9).all()
+    strong = truth.index[truth["effect"] == "strong"]
+    wilcoxon = screen.wilcoxon_de(sim, "perturbation", CONTROL, perturbations=list(strong))
+    assert {"perturbation", "gene", "score", "pval_adj", "rank"} <= set(wilcoxon.columns)
+    assert screen.precision_at_k(wilcoxon, {k: genes[k] for k in strong}).mean() > 0.5
+
+
+def test_knn_accuracy_tells_informative_from_uninformative_latents(sim):
+    latent, _ = truth_latent(sim, strong=8.0, weak=8.0)
+    truth = screen.truth_table(sim)
+    labels = sim.obs["perturbation"].astype(str)
+    responding = np.isin(labels, truth.index[truth["acting"]]) & ~sim.obs["escaped"].to_numpy()
+    informative = screen.knn_accuracy(latent[responding], labels[responding])
+    assert informative["accuracy"] > 0.9
+    noise = screen.knn_accuracy(np.random.default_rng(0).normal(size=latent.shape), labels)
+    assert noise["accuracy"] < noise["chance"] + 0.05
+
+
+def test_check_screen_accepts_a_good_screen_and_drops_small_perturbations(counts):
+    kept = screen.check_screen(counts, "perturbation", CONTROL, covariates=["batch"])
+    assert sorted(kept) == sorted(screen.truth_table(counts).index)
+    n = counts.obs["perturbation"].value_counts()
+    kept = screen.check_screen(counts, "perturbation", CONTROL,
+                               min_cells=int(n.drop(CONTROL).median()) + 1)
+    assert 0 < len(kept) < len(n) - 1
+
+
+def _relabel(adata, column, mask, value):
+    adata = adata.copy()
+    adata.obs[column] = adata.obs[column].astype(str)
+    adata.obs.loc[mask, column] = value
+    return adata
+
+
+@pytest.mark.parametrize("case, match", [
+    ("no_control", "no control cells"),
+    ("twin_control", "equal the control label"),
+    ("control_listed", "among the perturbations"),
+    ("missing_covariate", "covariate column 'lane'"),
+    ("covariate_in_one_perturbation", "covariate 'batch' category 'lane9'"),
+    ("not_integer", "not integer"),
+])
+def test_check_screen_bad_input(counts, case, match):
+    adata, kwargs = counts, {}
+    labels = counts.obs["perturbation"].astype(str)
+    if case == "no_control":
+        adata = _relabel(counts, "perturbation", labels == CONTROL, "KO01")
+    elif case == "twin_control":
+        adata = _relabel(counts, "perturbation", (labels == CONTROL).to_numpy()
+                         & (np.arange(counts.n_obs) % 2 == 0), "Non-Targeting ")
+    elif case == "control_listed":
+        kwargs = {"perturbations": ["KO01", CONTROL]}
+    elif case == "missing_covariate":
+        kwargs = {"covariates": ["lane"]}
+    elif case == "covariate_in_one_perturbation":
+        adata = _relabel(counts, "batch", (labels == "KO02").to_numpy(), "lane9")
+        kwargs = {"covariates": ["batch"]}
+    elif case == "not_integer":
+        adata = counts.copy()
+        adata.X = adata.X * 0.5
+    with pytest.raises(DataError, match=match):
+        screen.check_screen(adata, "perturbation", CONTROL, **kwargs)
