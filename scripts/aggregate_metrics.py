@@ -8,7 +8,7 @@ from pertflow.summary import metrics_table
 from pertflow.utils import atomic_path
 
 with log_to(snakemake.log[0]) as log:
-    table = metrics_table([json.loads(Path(path).read_text()) for path in snakemake.input])
+    table = metrics_table([json.loads(Path(path).read_text()) for path in snakemake.input.metrics])
     log.info("mean over groups and seeds:\n%s",
              table.groupby("model")[["r2_mean_all", "r2_mean_top100"]].mean().to_string())
     with atomic_path(snakemake.output[0]) as tmp:

@@ -2,12 +2,15 @@
 wins on which metric against the best baseline (and what the transferring models chose), and the
 same verdict as reStructuredText for the report's front page."""
 
+import json
+from pathlib import Path
+
 import pandas as pd
 
 from pertflow.logs import log_to
 from pertflow.summary import summarise, summary_markdown
 from pertflow.utils import atomic_path
-from pertflow.verdict import verdict_rst
+from pertflow.verdict import escape, verdict_rst
 
 with log_to(snakemake.log[0]) as log:
     dataset, baselines = snakemake.wildcards.dataset, snakemake.params.baselines
@@ -15,9 +18,14 @@ with log_to(snakemake.log[0]) as log:
     transfer = pd.read_csv(snakemake.input.transfer, dtype={"group": str})
     with atomic_path(snakemake.output.table) as tmp:
         summarise(table).to_csv(tmp, index=False, float_format="%.6g")
+    # The preprocessing's warnings (e.g. a QC rule that matched no gene), repeated where the
+    # results are read; an empty qc.json (a stand-in) has none.
+    warnings = json.loads(Path(snakemake.input.qc).read_text() or "{}").get("warnings", [])
     text = summary_markdown(dataset, table, baselines, transfer)
+    text += "".join(f"\n**Warning (preprocessing):** {w}\n" for w in warnings)
     log.info("%s", text)
     with atomic_path(snakemake.output.text) as tmp:
         tmp.write_text(text)
     with atomic_path(snakemake.output.verdict) as tmp:
-        tmp.write_text(verdict_rst(dataset, table, baselines, transfer), encoding="utf-8")
+        tmp.write_text(verdict_rst(dataset, table, baselines, transfer) + "".join(
+            f"\n.. warning:: Preprocessing: {escape(w)}\n" for w in warnings), encoding="utf-8")

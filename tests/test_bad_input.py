@@ -7,6 +7,7 @@ cases fail side by side in their own jobs; each case then checks its own dataset
 
 from __future__ import annotations
 
+import copy
 import http.server
 import re
 import subprocess
@@ -21,6 +22,7 @@ import scipy.sparse as sp
 import yaml
 
 from conftest import SNAKEMAKE, TINY_MODELS
+from pertflow.config import validate_config
 from pertflow.errors import ConfigError
 from pertflow.models.baselines import MeanShift
 from pertflow.simulate import simulate
@@ -92,10 +94,15 @@ DATASET_TWICE = 2 * textwrap.indent(yaml.safe_dump(with_dataset()), "  ")
 CONFIG_CASES = {
     # Snakemake reads the config file before any workflow code runs: its own message.
     "malformed_yaml": ("datasets: {sim: [unclosed\n", ["not valid JSON or YAML"]),
-    "unknown_key": (config_text(with_dataset(condition_col="condition")),
-                    ["Error validating config file", "'condition_col' was unexpected"]),
+    # The schema's message: file, key path, what is wrong and what is valid, without the schema.
+    "unknown_key": (config_text(with_dataset(held_out_groups=["T-helper"])),
+                    ["config.yaml: datasets.sim.held_out_groups: unknown key; did you mean "
+                     "`held_out`?"]),
     "wrong_type": (config_text(with_dataset(min_cells="ten")),
-                   ["Error validating config file", "'ten' is not of type 'integer'"]),
+                   ["datasets.sim.min_cells: 'ten' is a string; expected an integer"]),
+    "string_for_list": (config_text(with_dataset(held_out="T-helper")),
+                        ["datasets.sim.held_out: 'T-helper' is a string; expected 'all' or a "
+                         "list of strings (write a list, e.g. [T-helper])"]),
     # qc.min_cells was renamed (a dataset's min_cells is a group's minimum cells).
     "renamed_qc_key": (config_text(with_dataset(qc={"min_cells": 3})),
                        ["config.yaml: datasets.sim.qc.min_cells is now qc.min_cells_per_gene",
@@ -118,6 +125,9 @@ def test_config_problem_stops_the_run_before_any_job(case, tmp_path):
     for part in expected:
         assert part in result.stdout + result.stderr, (part, result.stderr[-3000:])
     assert not (tmp_path / "results").exists()
+    # The message stays on screen: no schema dump after it.
+    assert "Failed validating" not in result.stderr
+    assert len(result.stderr.splitlines()) <= 10, result.stderr
 
 
 # Data cases: dataset changes over GOOD, its source (a file from `data`, or a URL on `server`),
@@ -205,3 +215,63 @@ def test_batch_too_small_for_batchnorm_is_refused_with_the_params(small_sim, key
     with pytest.raises(ConfigError, match="fewer than one training batch needs"):
         BatchNormShift(keys).fit(small_sim[:20], {"batch_size": 32}, seed=0)
     assert BatchNormShift(keys).fit(small_sim[:20], {"batch_size": 2}, seed=0).delta.size
+
+
+SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def schema_message(config: dict, files=("run.yaml",)) -> str:
+    with pytest.raises(ConfigError) as caught:
+        validate_config(config, SCHEMA, list(files))
+    return str(caught.value)
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({"held_out_groups": ["B"]}, "run.yaml: datasets.sim.held_out_groups: unknown key; did you "
+                                 "mean `held_out`? Valid keys here: source, condition_key"),
+    ({"condition_col": "x"}, "did you mean `condition_key`?"),
+    ({"held_out": "B"}, "datasets.sim.held_out: 'B' is a string; expected 'all' or a list of "
+                        "strings (write a list, e.g. [B])"),
+    ({"latent_colors": "donor"}, "datasets.sim.latent_colors: 'donor' is a string; expected a "
+                                 "list of strings"),
+    ({"held_out": []}, "datasets.sim.held_out: [] should be non-empty"),
+    ({"counts": "raw"}, "datasets.sim.counts: 'raw' is a string; expected one of 'X', 'recover' "
+                        "or a mapping with key layer"),
+    ({"source": {"path": "a.h5ad", "url": "https://x/a.h5ad"}},
+     "datasets.sim.source: give exactly one of the keys url, path, simulate (given: url, path)"),
+    ({"control": None}, "datasets.sim.control: None is empty (null); expected a string"),
+])
+def test_schema_error_is_one_short_line_with_the_key_and_the_fix(changes, expected):
+    message = schema_message({"datasets": with_dataset(**changes), "models": MODELS})
+    assert expected in message
+    assert "\n" not in message and len(message) < 300, message
+    assert "Failed validating" not in message and "schema" not in message
+
+
+def test_schema_error_names_the_file_that_sets_the_key(tmp_path):
+    first, second = tmp_path / "base.yaml", tmp_path / "override.yaml"
+    first.write_text(config_text(with_dataset()))
+    second.write_text(yaml.safe_dump({"seeds": [-1]}))
+    config = {**yaml.safe_load(first.read_text()), "seeds": [-1]}
+    message = schema_message(config, [first, second])
+    assert message.startswith(f"{second}: seeds[0]: -1 is less than the minimum of 0"), message
+    message = schema_message({**config, "seeds": [0], "seed": 1}, [first, second])
+    assert "seed: unknown key; did you mean `seeds`?" in message
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "kang.yaml", "kang_valid.yaml",
+                                  "simulated_independent.yaml"])
+def test_validation_fills_the_defaults_snakemake_validate_did(name):
+    from snakemake.utils import validate
+
+    config = yaml.safe_load((SCHEMA.parents[2] / "config" / name).read_text())
+    ours, snakemakes = copy.deepcopy(config), copy.deepcopy(config)
+    validate_config(ours, SCHEMA)
+    validate(snakemakes, str(SCHEMA), set_default=True)
+    assert ours == snakemakes
+    # What the rules read without a default of their own.
+    assert {"seeds", "n_top_degs"} <= set(ours)
+    for spec in ours["datasets"].values():
+        assert {"held_out", "min_cells", "latent_colors", "counts"} <= set(spec)
+    for entry in ours["models"].values():
+        assert {"params", "threads", "gpu", "mem_mb"} <= set(entry)

@@ -26,7 +26,10 @@ def test_mean_shift_arithmetic():
     assert np.allclose(model.delta, [0.75, 1.25 - 4 / 3])
     control = train[train.obs["condition"] == "ctrl"]
     pred = model.predict(control)
-    assert np.allclose(pred.X, control.X + model.delta)
+    # A control cell at 0 shifted by the negative delta of gene 1 is clipped at 0 (clip_negative).
+    assert np.allclose(pred.X, np.maximum(control.X + model.delta, 0))
+    model.params["clip_negative"] = False
+    assert np.allclose(model.predict(control).X, control.X + model.delta)
     assert (pred.obs["condition"] == "stim").all() and list(pred.var_names) == ["0", "1"]
 
 

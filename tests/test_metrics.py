@@ -140,3 +140,19 @@ def test_score_ranks_a_shifted_prediction_above_the_control(keys):
     assert bad["direction_accuracy_top100"] == 0.0 and bad["deg_overlap_top100"] == 0.0
     assert good == metrics.score(ad.AnnData(shifted, var=var), T, C, degs, reference, seed=0,
                                  max_cells=50)
+
+
+def test_no_change_prediction_has_nan_pearson_delta_without_a_warning(populations):
+    """The `control` model returns the held-out controls: its change is 0 everywhere, so
+    Pearson-delta is undefined; the NaN is expected and no warning is printed for it."""
+    import warnings
+
+    _, truth, control = populations
+    genes = [f"g{i}" for i in range(40)]
+    T, C = (ad.AnnData(x, var=pd.DataFrame(index=genes)) for x in (truth, control))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isnan(metrics.pearson_delta(control, truth, control.mean(0)))
+        result = metrics.score(C.copy(), T, C, genes[:10], truth[:20].mean(0), seed=0)
+    assert np.isnan(result["pearson_delta"])
+    assert np.isfinite(result["pearson_delta_perturbed"])

@@ -83,8 +83,9 @@ def test_expression_scatter(held_out, tmp_path, statistic):
     ax = fig.axes[0]
     every, top = ax.collections
     assert len(every.get_offsets()) == truth.n_vars and len(top.get_offsets()) == len(degs)
-    assert [a.get_text() for a in ax.texts if isinstance(a, matplotlib.text.Annotation)] \
-        == degs[:10]
+    labels = [a for a in ax.texts if isinstance(a, matplotlib.text.Annotation)]
+    assert [a.get_text() for a in labels] == degs[:10]  # nothing crowded here: all placed
+    assert_labels_apart(fig, labels)
     f = plots.GENE_STATISTICS[statistic]
     x, y = f(truth.X.toarray(), axis=0), f(np.asarray(pred[:, truth.var_names].X), axis=0)
     assert f"R² all = {r2_of(x, y):.3f}" in "".join(t.get_text() for t in ax.texts)
@@ -218,3 +219,34 @@ def test_differing_params_tell_the_entries_of_a_class_apart():
         "scgen_nonorm": {"n_latent": 100, "norm": "none"},
         "scgen_small": {"n_latent": 10, "norm": "batch"}}
     assert plots.differing_params({"contrastivevi": {"n_hidden": 128}}) == {"contrastivevi": {}}
+
+
+def assert_labels_apart(fig, labels):
+    renderer = fig.canvas.get_renderer()
+    boxes = [plots.text_box(label, renderer) for label in labels]
+    inside = fig.axes[0].get_window_extent(renderer)
+    for i, box in enumerate(boxes):
+        assert inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1)
+        assert not any(box.overlaps(other) for other in boxes[i + 1:]), labels[i].get_text()
+
+
+def test_scatter_labels_in_a_dense_cluster_do_not_overlap(tmp_path):
+    """Ten DEGs at nearly one point: labels move apart (with a leader line when further out) or,
+    where no room is left, are left out; the highest-ranked come first."""
+    import anndata as ad
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    genes = [f"GENE{i}" for i in range(60)]
+    truth = rng.gamma(2.0, 1.0, (40, 60))
+    truth[:, :10] = 3.0 + rng.normal(0, 0.01, (40, 10))
+    pred = truth + rng.normal(0, 0.01, truth.shape)
+    var = pd.DataFrame(index=genes)
+    fig = plots.expression_scatter(ad.AnnData(pred, var=var), ad.AnnData(truth, var=var),
+                                   genes[:10], "dense", "mean")
+    labels = [a for a in fig.axes[0].texts if isinstance(a, matplotlib.text.Annotation)]
+    names = [a.get_text() for a in labels]
+    assert names[:3] == genes[:3] and names == [g for g in genes[:10] if g in names]
+    assert len(names) >= 5
+    assert_labels_apart(fig, labels)
+    assert_drawn(fig, tmp_path)

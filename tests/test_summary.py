@@ -99,15 +99,40 @@ def test_summary_markdown_states_winner_margin_and_baseline():
     only_baselines = summary.summary_markdown("d", table[table["model"] != "new"],
                                               ["control", "mean_shift"])
     assert "**mean_shift** wins with 1.5" in only_baselines
-    assert ("it is the best baseline, and the next baseline, control, reaches 0: difference -1.5"
+    # The difference is stated as the header defines it: the other model minus the best baseline.
+    assert ("it is the best baseline, and the next baseline, control, reaches 0 (1.5 worse): "
+            "difference -1.5 (95% CI -2.42 to -0.581, 4 pairs), control minus mean_shift."
+            in only_baselines)
+    assert ("**mmd** (lower is better): **mean_shift** wins with -1.5, best in 2 of 2 held-out "
+            "groups; it is the best baseline, and the next baseline, control, reaches 0 (1.5 "
+            "worse): difference 1.5 (95% CI 0.581 to 2.42, 4 pairs), control minus mean_shift."
             in only_baselines)
 
 
 def test_summary_markdown_names_ties():
     table = make_table({"control": [1, 1, 1, 1], "mean_shift": [1, 1, 1, 1], "new": [0, 0, 0, 0]})
     text = summary.summary_markdown("d", table, ["control", "mean_shift"])
-    assert "**control** (tied with mean_shift) wins with 1" in text
-    assert "difference 0 (95% CI 0 to 0, 4 pairs)" in text
+    # A tie counts as a win for each tied model: the tie-winner is best in every group.
+    assert ("**control** (tied with mean_shift) wins with 1, best in 2 of 2 held-out groups; it "
+            "is the best baseline, and the next baseline, mean_shift, reaches 1 (as good): "
+            "difference 0 (95% CI 0 to 0, 4 pairs), mean_shift minus control.") in text
+    result = summary.comparisons(table, ["mean_shift", "control"]).set_index(["metric", "model"])
+    for metric in ("r2_mean_all", "mmd"):
+        assert result.loc[(metric, "control"), "groups_won"] == 2
+        assert result.loc[(metric, "mean_shift"), "groups_won"] == 2
+        assert result.loc[(metric, "new"), "groups_won"] == 0
+        # The baseline that wins a tie is the best baseline, whatever the list's order.
+        assert result.loc[(metric, "new"), "best_baseline"] == "control"
+
+
+def test_groups_won_counts_ties_per_group_and_ignores_nan():
+    table = make_table({"a": [1, 1, 2, 2], "b": [1, 1, 3, 3], "c": [0, 0, 3, 3]})
+    table.loc[(table["model"] == "c") & (table["group"] == "A"), "pearson_delta"] = np.nan
+    result = summary.comparisons(table, []).set_index(["metric", "model"])
+    for metric in ("r2_mean_all", "mmd"):
+        won = result.loc[metric, "groups_won"]
+        assert won.to_dict() == {"a": 1, "b": 2, "c": 1}
+    assert result.loc["pearson_delta", "groups_won"].to_dict() == {"a": 1, "b": 2, "c": 1}
 
 
 def test_summary_skips_missing_values_and_handles_no_baseline():

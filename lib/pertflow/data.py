@@ -19,7 +19,7 @@ import scipy.sparse as sp
 
 from pertflow.errors import DataError, DownloadError
 from pertflow.keys import Keys, dataset_keys
-from pertflow.preprocess import check_counts, recover_counts
+from pertflow.preprocess import SYMBOL, check_counts, recover_counts
 from pertflow.splits import choose_held_out_groups
 from pertflow.utils import atomic_path, dense
 
@@ -68,7 +68,8 @@ def read_h5ad(path: str | Path) -> ad.AnnData:
     """Read an h5ad with an error that names the file when it is missing, truncated or not HDF5."""
     path = Path(path)
     if not path.exists():
-        raise DataError(f"{path}: file not found; fix `source: path:` in the dataset config.")
+        raise DataError(f"{path.absolute()}: file not found; fix `source: path:` in the dataset "
+                        "config (a relative path is relative to the working directory).")
     if not h5py.is_hdf5(path):
         raise DataError(f"{path}: not an HDF5/h5ad file (wrong format or a broken download); "
                         "point `source:` at an .h5ad written by anndata, or download it again.")
@@ -86,10 +87,44 @@ def _require_column(adata: ad.AnnData, key: str, what: str, name: str) -> None:
             f"{', '.join(map(str, adata.obs.columns))}. Fix `{what}` or add it via `rename:`.")
 
 
+def source_path(path: str | Path, name: str) -> Path:
+    """The absolute path of a dataset's ``source: path:`` (relative to the working directory,
+    Snakemake's --directory), or a DataError naming the absolute path tried."""
+    tried = Path(path).expanduser().absolute()
+    if not tried.exists():
+        raise DataError(
+            f"dataset '{name}': source file {tried} not found (`source: path: {path}`; a relative "
+            f"path is relative to the working directory, {Path.cwd()}, which is Snakemake's "
+            "--directory). Fix the path or give an absolute one.")
+    return tried
+
+
+def _set_gene_symbols(adata: ad.AnnData, column: str | None, name: str) -> None:
+    """Copy the dataset's ``gene_symbols`` var column to ``var[SYMBOL]`` (IDs stay var_names)."""
+    if not column:
+        if SYMBOL in adata.var:  # only a configured column names the genes for people
+            log.info("dataset '%s': var column '%s' ignored (set `gene_symbols:` to use it)",
+                     name, SYMBOL)
+            del adata.var[SYMBOL]
+        return
+    if column not in adata.var:
+        raise DataError(
+            f"dataset '{name}': var column '{column}' (gene_symbols) not found. Available var "
+            f"columns: {', '.join(map(str, adata.var.columns)) or 'none'} (var_names, the IDs, "
+            f"look like {', '.join(map(str, adata.var_names[:3]))}). Fix `gene_symbols:` or "
+            "remove it to label genes by var_names.")
+    symbols = adata.var[column].astype(object)
+    adata.var[SYMBOL] = symbols.where(symbols.notna(), "").astype(str).to_numpy()
+    log.info("dataset '%s': gene symbols from var['%s'] (e.g. %s for %s)", name, column,
+             ", ".join(adata.var[SYMBOL][:3]), ", ".join(map(str, adata.var_names[:3])))
+
+
 def standardise(adata: ad.AnnData, spec: dict, name: str) -> ad.AnnData:
-    """Apply the dataset spec: rename obs columns and labels, put raw counts into ``X`` and check
-    that the experiment is usable (conditions present, finite, unique genes)."""
+    """Apply the dataset spec: rename obs columns and labels, take gene symbols from the
+    ``gene_symbols`` var column, put raw counts into ``X`` and check that the experiment is
+    usable (conditions present, finite, unique genes)."""
     adata = adata.copy()
+    _set_gene_symbols(adata, spec.get("gene_symbols"), name)
     rename = spec.get("rename") or {}
     adata.obs = adata.obs.rename(columns=rename.get("obs", {}))
     for column, mapping in (rename.get("labels") or {}).items():

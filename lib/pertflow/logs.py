@@ -1,4 +1,5 @@
-"""Logging for workflow steps: everything, including a failing step's traceback, goes to its log."""
+"""Logging for workflow steps: everything, including a failing step's traceback, goes to its log;
+the console gets the messages and, for a failure, the error once."""
 
 from __future__ import annotations
 
@@ -7,18 +8,40 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+from pertflow.errors import PertflowError
+
 
 @contextmanager
 def log_to(path: str | Path, level: int = logging.INFO):
+    """Log to ``path`` and stderr while the block runs.
+
+    A user-facing error (pertflow.errors: a config or data problem) is written to the log with
+    its traceback and to the console once, as one line without a traceback, and ends the step
+    (exit status 1). Any other exception goes to the log with its traceback and propagates, so
+    Python prints its traceback on the console once."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    handlers = [logging.FileHandler(path, mode="w"), logging.StreamHandler(sys.stderr)]
+    file_handler = logging.FileHandler(path, mode="w")
+    handlers = [file_handler, logging.StreamHandler(sys.stderr)]
     logging.basicConfig(level=level, handlers=handlers, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logger = logging.getLogger("pertflow")
     try:
-        yield logging.getLogger("pertflow")
+        yield logger
+    except PertflowError as error:
+        _to_log_only(logger, file_handler, "step failed")
+        print(f"{type(error).__name__}: {error} (traceback in {path})", file=sys.stderr,
+              flush=True)
+        raise SystemExit(1) from None
     except BaseException:
-        logging.getLogger("pertflow").exception("step failed")
+        _to_log_only(logger, file_handler, "step failed")
         raise
     finally:
         for handler in handlers:
             handler.flush()
+
+
+def _to_log_only(logger: logging.Logger, file_handler: logging.Handler, message: str) -> None:
+    """The current exception's traceback, written to the log file only."""
+    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, message, (),
+                               sys.exc_info())
+    file_handler.handle(record)

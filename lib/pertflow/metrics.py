@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -70,8 +72,15 @@ def pearson_delta(pred: np.ndarray, truth: np.ndarray, reference: np.ndarray) ->
     2025), which no longer rewards a prediction for reproducing the shift shared by every
     perturbed cell. When the perturbed reference cells are of other groups than the held-out one,
     the change relative to it also carries the difference between groups, which a prediction of
-    no change reproduces."""
-    return float(stats.pearsonr(pred.mean(axis=0) - reference, truth.mean(axis=0) - reference)[0])
+    no change reproduces.
+
+    NaN when either change is constant: the `control` model predicts no change relative to the
+    held-out controls, so its Pearson-delta is undefined; scipy's warning about the constant input
+    is silenced here, where the NaN is expected (the summaries skip NaN)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        result = stats.pearsonr(pred.mean(axis=0) - reference, truth.mean(axis=0) - reference)
+    return float(result[0])
 
 
 def subsample(X: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:

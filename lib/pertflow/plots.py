@@ -11,10 +11,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.transforms import Bbox  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from pertflow.metrics import r2_of  # noqa: E402
+from pertflow.preprocess import gene_symbols  # noqa: E402
 from pertflow.utils import atomic_path, dense  # noqa: E402
 
 # Colours of the reference populations, shared by the UMAPs and the violins.
@@ -44,16 +46,14 @@ GENE_STATISTICS = {"mean": np.mean, "variance": np.var}
 def expression_scatter(pred: ad.AnnData, truth: ad.AnnData, degs: list[str], title: str,
                        statistic: str = "mean", n_labels: int = 10):
     """Per-gene ``statistic`` (mean or variance over cells) of predicted vs real perturbed cells;
-    top DEGs highlighted and the highest-ranked ones labelled."""
-    genes = truth.var_names
+    top DEGs highlighted and the highest-ranked ones labelled (by symbol, see gene_symbols)."""
+    genes, names = truth.var_names, gene_symbols(truth)
     x = GENE_STATISTICS[statistic](dense(truth.X), axis=0)
     y = GENE_STATISTICS[statistic](dense(pred[:, genes].X), axis=0)
     top = genes.get_indexer(degs)
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.scatter(x, y, s=4, c="0.6", alpha=0.6, linewidths=0, label="all genes")
     ax.scatter(x[top], y[top], s=8, c="tab:red", linewidths=0, label=f"top {len(top)} DEGs")
-    for i in top[:n_labels]:
-        ax.annotate(genes[i], (x[i], y[i]), fontsize=7, xytext=(2, 2), textcoords="offset points")
     lim = [min(0.0, x.min(), y.min()), max(x.max(), y.max()) * 1.05]
     ax.plot(lim, lim, ls="--", c="0.3", lw=0.8)
     ax.set(xlim=lim, ylim=lim, xlabel=f"real {statistic} expression",
@@ -61,7 +61,58 @@ def expression_scatter(pred: ad.AnnData, truth: ad.AnnData, degs: list[str], tit
     ax.text(0.03, 0.97, f"R² all = {r2_of(x, y):.3f}\nR² top {len(top)} DEGs = "
             f"{r2_of(x[top], y[top]):.3f}", transform=ax.transAxes, va="top", fontsize=8)
     ax.legend(loc="lower right", fontsize=7, frameon=False)
+    labelled = top[:n_labels]
+    place_labels(ax, x[labelled], y[labelled], [names[i] for i in labelled])
     return fig
+
+
+# Where a label may go around its point, in points: nearest first, then further out.
+LABEL_OFFSETS = [(dx * r, dy * r) for r in (3, 9, 16, 26, 38)
+                 for dx, dy in ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1),
+                                (0, -1))]
+
+
+def text_box(label, renderer) -> Bbox:
+    """An annotation's text box in display space, without its leader line."""
+    label.update_positions(renderer)
+    return matplotlib.text.Text.get_window_extent(label, renderer)
+
+
+def place_labels(ax, x: np.ndarray, y: np.ndarray, names: list[str], fontsize: float = 7) -> list:
+    """Label points (x, y) in order without overlap: each label takes the first offset of
+    ``LABEL_OFFSETS`` where its box overlaps no label placed before it, no labelled point and
+    stays inside the axes, clear of the text and legend already there; beyond the nearest ring a thin line leads back to the point. A label
+    that fits nowhere (a crowded region) is left out rather than drawn over another. The axes'
+    limits must be set first. Returns the placed annotations."""
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    inside = ax.get_window_extent(renderer)
+    scale = fig.dpi / 72  # points to pixels
+    anchors = ax.transData.transform(np.column_stack([x, y])) if len(x) else np.empty((0, 2))
+    dot = 2.5 * scale  # half the side of a box around a labelled point's marker
+    taken = [Bbox.from_extents(px - dot, py - dot, px + dot, py + dot)
+             for px, py in anchors]
+    # Text and legend already on the axes (e.g. the R² note) are kept clear too.
+    taken += [artist.get_window_extent(renderer) for artist in [*ax.texts, ax.get_legend()]
+              if artist is not None]
+    placed = []
+    for (px, py), xi, yi, name in zip(anchors, x, y, names):
+        for dx, dy in LABEL_OFFSETS:
+            label = ax.annotate(name, (xi, yi), xytext=(dx, dy), textcoords="offset points",
+                                fontsize=fontsize, ha="left" if dx >= 0 else "right",
+                                va="bottom" if dy >= 0 else "top",
+                                arrowprops=None if abs(dx) + abs(dy) <= 6 else
+                                dict(arrowstyle="-", lw=0.4, color="0.4", shrinkA=0,
+                                     shrinkB=1))
+            box = text_box(label, renderer)
+            clear = (box.x0 >= inside.x0 and box.x1 <= inside.x1 and box.y0 >= inside.y0
+                     and box.y1 <= inside.y1 and not any(box.overlaps(t) for t in taken))
+            if clear:
+                taken.append(box)
+                placed.append(label)
+                break
+            label.remove()
+    return placed
 
 
 def held_out_umap(control: ad.AnnData, truth: ad.AnnData, pred: ad.AnnData, title: str,
@@ -86,9 +137,10 @@ def held_out_umap(control: ad.AnnData, truth: ad.AnnData, pred: ad.AnnData, titl
 def top_deg_violins(control: ad.AnnData, truth: ad.AnnData, preds: dict[str, ad.AnnData],
                     genes: list[str], colors: dict[str, tuple], title: str):
     """One violin panel per gene: its expression in control, real perturbed and every model's
-    predicted perturbed cells of one held-out group."""
+    predicted perturbed cells of one held-out group; panels titled by the genes' symbols."""
     import scanpy as sc
 
+    symbol = dict(zip(truth.var_names, gene_symbols(truth)))
     # Reference names no model entry can take (configs name a model "control").
     parts = {"control cells": control[:, genes], "real perturbed": truth[:, genes],
              **{f"{model} (predicted)": pred[:, genes] for model, pred in preds.items()}}
@@ -102,7 +154,7 @@ def top_deg_violins(control: ad.AnnData, truth: ad.AnnData, preds: dict[str, ad.
     for ax, gene in zip(axes[0], genes):
         sc.pl.violin(cells, gene, groupby="cells", ax=ax, show=False, stripplot=False,
                      rotation=90, ylabel="expression")
-        ax.set_title(gene)
+        ax.set_title(symbol.get(gene, gene))
     fig.suptitle(title, y=1.02)
     return fig
 
@@ -230,11 +282,12 @@ CKAP5 CENPE CTCF NEK2 G2E3 GAS2L3 CBX5 CENPA""".split()
 
 def add_cell_cycle_phase(adata: ad.AnnData, seed: int, min_genes: int = 10) -> bool:
     """scanpy's cell-cycle scoring (its reference genes are sampled with ``seed``) into
-    ``obs['phase']`` when enough of the genes are present."""
+    ``obs['phase']`` when enough of the genes are present (matched by symbol, see gene_symbols)."""
     import scanpy as sc
 
-    s = [g for g in S_GENES if g in adata.var_names]
-    g2m = [g for g in G2M_GENES if g in adata.var_names]
+    gene_of = dict(zip(gene_symbols(adata), adata.var_names))
+    s = [gene_of[g] for g in S_GENES if g in gene_of]
+    g2m = [gene_of[g] for g in G2M_GENES if g in gene_of]
     if min(len(s), len(g2m)) < min_genes:
         return False
     sc.tl.score_genes_cell_cycle(adata, s_genes=s, g2m_genes=g2m, random_state=seed)

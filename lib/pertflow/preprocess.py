@@ -9,6 +9,7 @@ import logging
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import scanpy as sc
 import scipy.sparse as sp
 
@@ -26,6 +27,20 @@ HVG_DEFAULTS = {"n_top_genes": None, "flavor": "seurat_v3"}
 TARGET_SUM = 1e4
 # Old qc: names and what they are called now (a dataset's `min_cells` is a group's minimum cells).
 RENAMED_QC_KEYS = {"min_cells": "min_cells_per_gene"}
+# The var column that holds the genes' symbols when a dataset names its genes by ID (its
+# `gene_symbols:` column is copied here): labels, mito detection and cell-cycle genes use it.
+SYMBOL = "gene_symbol"
+
+
+def gene_symbols(adata: ad.AnnData) -> pd.Index:
+    """The genes' names for people and for gene lists (mito prefix, cell-cycle genes): the
+    ``var[SYMBOL]`` column when the dataset has one, else ``var_names``. Same order as var_names;
+    a missing symbol falls back to the gene's ID."""
+    if SYMBOL not in adata.var:
+        return pd.Index(adata.var_names.astype(str))
+    symbols = adata.var[SYMBOL].astype(object)
+    return pd.Index(symbols.where(symbols.notna() & (symbols.astype(str) != ""),
+                                  pd.Series(adata.var_names, index=adata.var_names)).astype(str))
 
 
 def _options(given: dict | None, defaults: dict, what: str) -> dict:
@@ -86,13 +101,25 @@ def preprocess(adata: ad.AnnData, qc: dict | None = None, hvg: dict | None = Non
                target_sum: float | None = TARGET_SUM) -> ad.AnnData:
     """``adata.X`` holds raw counts on entry. Returns QC-filtered cells, counts in
     ``layers['counts']``, log1p(normalize_total) in ``X`` and, if asked, only the HVGs. ``qc``
-    and ``hvg`` override ``QC_DEFAULTS`` and ``HVG_DEFAULTS``."""
+    and ``hvg`` override ``QC_DEFAULTS`` and ``HVG_DEFAULTS``. Mitochondrial genes are those
+    whose symbol (``gene_symbols``) starts with ``mito_prefix``. A QC rule that matches no gene
+    is logged as a warning and listed in ``uns['qc_warnings']``."""
     qc = _options(qc, QC_DEFAULTS, "qc")
     hvg = _options(hvg, HVG_DEFAULTS, "hvg")
     adata = adata.copy()
     adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
     n0, g0 = adata.shape
-    adata.var["mt"] = adata.var_names.str.startswith(qc["mito_prefix"])
+    adata.var["mt"] = gene_symbols(adata).str.startswith(qc["mito_prefix"])
+    warnings = []
+    if qc["max_mito_fraction"] < 1.0 and not adata.var["mt"].any():
+        named_by = f"var['{SYMBOL}']" if SYMBOL in adata.var else "var_names"
+        warnings.append(
+            f"qc.max_mito_fraction={qc['max_mito_fraction']} removed no cell: no gene name in "
+            f"{named_by} starts with mito_prefix '{qc['mito_prefix']}' (e.g. "
+            f"{', '.join(gene_symbols(adata)[:3])}). Set the dataset's `gene_symbols:` to the var "
+            "column of gene symbols, or fix `qc.mito_prefix` (e.g. 'mt-' for mouse).")
+    for warning in warnings:
+        log.warning("%s", warning)
     sc.pp.calculate_qc_metrics(adata, qc_vars=["mt"], percent_top=None, log1p=False, inplace=True)
     keep = adata.obs["n_genes_by_counts"].to_numpy() >= qc["min_genes"]
     keep &= adata.obs["pct_counts_mt"].to_numpy() <= 100.0 * qc["max_mito_fraction"]
@@ -118,4 +145,5 @@ def preprocess(adata: ad.AnnData, qc: dict | None = None, hvg: dict | None = Non
         adata = adata[:, adata.var["highly_variable"].to_numpy()].copy()
         log.info("kept %d highly variable genes (%s)", adata.n_vars, hvg["flavor"])
     adata.uns.pop("log1p", None)
+    adata.uns["qc_warnings"] = warnings
     return adata

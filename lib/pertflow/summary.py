@@ -74,6 +74,15 @@ def best(means: pd.Series, direction: str) -> str:
     return means.idxmax() if direction == "higher" else means.idxmin()
 
 
+def group_wins(values: pd.DataFrame, direction: str) -> pd.DataFrame:
+    """Per row (a held-out group) of ``values`` (groups × models): True for every model whose value
+    equals the row's best (``np.isclose``), so that tied models each win the group; NaN never
+    wins."""
+    top = values.max(axis=1) if direction == "higher" else values.min(axis=1)
+    wins = np.isclose(values.to_numpy(float), top.to_numpy(float)[:, None])
+    return pd.DataFrame(wins, index=values.index, columns=values.columns) & values.notna()
+
+
 def paired_difference(table: pd.DataFrame, metric: str, model: str, reference: str,
                       confidence: float = CONFIDENCE) -> pd.Series:
     """``model`` minus ``reference`` on ``metric``, paired by held-out group and seed: mean,
@@ -85,7 +94,8 @@ def paired_difference(table: pd.DataFrame, metric: str, model: str, reference: s
 
 def comparisons(table: pd.DataFrame, baseline_names: list[str]) -> pd.DataFrame:
     """Per metric: the winning model over all groups and seeds, the best baseline, and every
-    model's paired difference to that baseline and its number of held-out groups won."""
+    model's paired difference to that baseline and its number of held-out groups won (a group
+    won in a tie counts for every tied model)."""
     overall = table.groupby("model")[list(METRICS)].mean()
     per_group = table.groupby(["group", "model"])[list(METRICS)].mean()
     baselines_present = [m for m in baseline_names if m in overall.index]
@@ -94,16 +104,18 @@ def comparisons(table: pd.DataFrame, baseline_names: list[str]) -> pd.DataFrame:
         means = overall[metric].dropna()
         if means.empty:
             continue
-        group_winners = (per_group[metric].dropna().unstack()
-                         .apply(best, axis=1, direction=direction))
+        wins = group_wins(per_group[metric].dropna().unstack(), direction)
         baseline_means = means.reindex(baselines_present).dropna()
         top_baseline = best(baseline_means, direction) if len(baseline_means) else None
+        winner = best(means, direction)
+        if winner in baseline_means.index:  # a baseline tied for the lead is the best baseline
+            top_baseline = winner
         for model, mean in means.items():
             row = {"metric": metric, "better": direction, "model": model, "mean": mean,
                    "is_baseline": model in baselines_present,
-                   "is_winner": model == best(means, direction),
-                   "groups_won": int((group_winners == model).sum()),
-                   "n_groups": len(group_winners), "best_baseline": top_baseline}
+                   "is_winner": model == winner,
+                   "groups_won": int(wins[model].sum()) if model in wins else 0,
+                   "n_groups": len(wins), "best_baseline": top_baseline}
             if top_baseline is not None:
                 difference = paired_difference(table, metric, model, top_baseline)
                 # Signed so that positive means better than the baseline, whatever the direction.
@@ -130,6 +142,14 @@ def _difference(row: pd.Series) -> str:
                 f"95% CI {format_number(row['difference_ci_low'])} to "
                 f"{format_number(row['difference_ci_high'])}")
     return f"difference {format_number(row['difference'])} ({interval}, {row['n_pairs']} pairs)"
+
+
+def _behind(row: pd.Series) -> str:
+    """How far a model trails the best baseline, in words: ``"0.3 worse"``, or ``"as good"``."""
+    gap = abs(row["mean"] - row["baseline_mean"])
+    if np.isclose(row["mean"], row["baseline_mean"]):
+        return "as good"
+    return f"{format_number(gap)} worse"
 
 
 def metrics_ahead(compared: pd.DataFrame, model: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -180,9 +200,10 @@ def summary_markdown(dataset: str, table: pd.DataFrame, baseline_names: list[str
             else:
                 runner = best(rest["mean"], win["better"])
                 kind = "baseline" if rest.at[runner, "is_baseline"] else "model"
+                # The header's direction: the other model's value minus the best baseline's.
                 text += (f"; it is the best baseline, and the next {kind}, {runner}, reaches "
-                         f"{format_number(rest.at[runner, 'mean'])}: "
-                         f"{_difference(rest.loc[runner])}.")
+                         f"{format_number(rest.at[runner, 'mean'])} ({_behind(rest.loc[runner])}"
+                         f"): {_difference(rest.loc[runner])}, {runner} minus {winner}.")
         else:
             text += (f"; the best baseline, {baseline}, reaches "
                      f"{format_number(win['baseline_mean'])}: {_difference(win)}.")

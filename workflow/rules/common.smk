@@ -4,7 +4,6 @@ import shutil
 
 import yaml
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
 
 # The library is installed (`pip install -e .`; in conda envs by envs/install-pertflow.sh).
 os.environ.update(PERTFLOW_ROOT=workflow.basedir)
@@ -14,12 +13,14 @@ try:
         check_models,
         check_unique_keys,
         model_entry,
+        validate_config,
     )
 except ImportError as error:
     raise WorkflowError(
         f"cannot import pertflow ({error}): install the workflow's library into the Python "
         f"that runs Snakemake with `pip install -e {workflow.basedir}` (`make run` does it)."
     ) from error
+from pertflow.data import source_path
 from pertflow.errors import ConfigError
 from pertflow.keys import dataset_keys
 from pertflow.models import Model, get_model_class
@@ -56,7 +57,13 @@ def check_renamed_keys(config, configfiles):
 
 check_unique_keys(workflow.configfiles)
 check_renamed_keys(config, workflow.configfiles)
-validate(config, "../schemas/config.schema.yaml")
+# One short ConfigError (file, key path, what is wrong, what is valid) instead of the schema dump;
+# fills the schema's defaults like snakemake.utils.validate(config, schema, set_default=True).
+validate_config(
+    config,
+    os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"),
+    workflow.configfiles,
+)
 check_models(config)
 
 DATASETS = list(config["datasets"])
@@ -103,8 +110,33 @@ def raw_path(wildcards):
     return source["path"]
 
 
+if workflow.is_main_process:
+    # A `source: path:` is relative to the working directory (--directory): a missing file stops
+    # the run before any job, naming the absolute path tried.
+    for name, spec in config["datasets"].items():
+        if "path" in spec["source"]:
+            source_path(spec["source"]["path"], name)
+
+
+# What the preprocessing job gets of its dataset entry: the keys that shape the preprocessed data
+# and no other, so that editing `held_out`, `min_cells` or a figure setting (`latent_colors`)
+# does not rerun it (nor, through it, every training).
+PREPROCESS_KEYS = ["rename", "condition_key", "control", "perturbed", "group_key"]
+PREPROCESS_KEYS += ["counts", "gene_symbols", "qc", "hvg"]
+
+
+def preprocess_spec(wildcards):
+    spec = dataset_spec(wildcards)
+    return {key: spec[key] for key in PREPROCESS_KEYS if key in spec}
+
+
 def held_out_groups(dataset):
-    """The held-out groups, known once the checkpoint has looked at the preprocessed data."""
+    """The held-out groups: a `held_out:` list as given, known before anything runs, so adding
+    or removing a group adds or removes only that group's jobs; for `all`, the groups with
+    `min_cells` cells, known once the checkpoint has looked at the preprocessed data."""
+    held_out = config["datasets"][dataset]["held_out"]
+    if held_out != "all":
+        return list(held_out)
     with open(checkpoints.held_out_groups.get(dataset=dataset).output[0]) as f:
         return json.load(f)["groups"]
 
@@ -117,6 +149,14 @@ HOST_HAS_GPU = shutil.which("nvidia-smi") is not None
 TRAIN_BENCHMARK = (
     "results/{dataset}/benchmarks/train_predict/{model}/{group}/seed{seed}.tsv"
 )
+
+
+def training_entry(model):
+    """What a training job (and a figure that loads its model) gets of a model entry: registry
+    name, module and full params; not its resources (threads, gpu), which do not change what it
+    learns, so editing them reruns nothing."""
+    entry = model_entry(config, model)
+    return {key: entry[key] for key in ("model", "module", "params")}
 
 
 def model_resource(name):

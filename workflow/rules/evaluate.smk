@@ -36,7 +36,10 @@ rule evaluate:
 
 rule aggregate_metrics:
     input:
-        run_metrics,
+        metrics=run_metrics,
+        # The checkpoint's check of the held-out groups after QC (and its log of cells per group)
+        # also for a `held_out:` list, whose jobs do not wait for it.
+        groups="results/{dataset}/held_out_groups.json",
     output:
         report(
             "results/{dataset}/metrics.csv",
@@ -80,6 +83,8 @@ rule collect_transfer:
 rule summarise:
     input:
         metrics="results/{dataset}/metrics.csv",
+        # Its warnings (a QC rule that matched no gene) are repeated in the summary and verdict.
+        qc="results/{dataset}/qc.json",
         transfer="results/{dataset}/transfer.csv",
     output:
         table=report(

@@ -175,7 +175,7 @@ rule plot_latent:
     params:
         experiment_keys=experiment_keys,
         latent_colors=lambda w: dataset_spec(w)["latent_colors"],
-        entry=lambda w: model_entry(config, w.model),
+        entry=lambda w: training_entry(w.model),
         group=lambda w: held_out_groups(w.dataset)[0],
         seed=SEEDS[0],
     script:
@@ -207,7 +207,7 @@ rule plot_latent_comparison:
         experiment_keys=experiment_keys,
         # {entry: its model directory} and {entry: {"model", "module", "params"}}, config order
         models=latent_models,
-        entries=lambda w: {m: model_entry(config, m) for m in LATENT_CLASSES[w.cls]},
+        entries=lambda w: {m: training_entry(m) for m in LATENT_CLASSES[w.cls]},
         seed=SEEDS[0],
     script:
         "../../scripts/plot_latent_comparison.py"

@@ -19,8 +19,9 @@ rule train_predict:
         cpus_per_task=lambda w, threads: threads,
         # A job that ran out of memory is retried (profile `retries`) with more.
         mem_mb=lambda w, attempt: model_resource("mem_mb")(w) * attempt,
+    # Its params are what it learns from: the model entry (no resources) and the split's keys.
     params:
-        entry=lambda w: model_entry(config, w.model),
+        entry=lambda w: training_entry(w.model),
         experiment_keys=experiment_keys,
         seed=lambda w: int(w.seed),
     script:

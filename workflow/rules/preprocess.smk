@@ -2,7 +2,9 @@ rule preprocess:
     input:
         raw_path,
     output:
-        "results/{dataset}/preprocessed.h5ad",
+        data="results/{dataset}/preprocessed.h5ad",
+        # Cells and genes kept, and warnings (a QC rule matching no gene) for the summary.
+        qc="results/{dataset}/qc.json",
     log:
         "results/{dataset}/logs/preprocess.log",
     benchmark:
@@ -10,6 +12,7 @@ rule preprocess:
     conda:
         "../../envs/preprocess.yaml"
     params:
-        spec=dataset_spec,
+        # Only the keys that shape the preprocessed data (common.smk's PREPROCESS_KEYS).
+        spec=preprocess_spec,
     script:
         "../../scripts/preprocess.py"

@@ -17,7 +17,7 @@ checkpoint held_out_groups:
 
 rule split:
     input:
-        "results/{dataset}/preprocessed.h5ad",
+        data="results/{dataset}/preprocessed.h5ad",
     output:
         train=f"{SPLIT}/train.h5ad",
         control=f"{SPLIT}/control.h5ad",

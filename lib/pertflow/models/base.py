@@ -10,18 +10,29 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import pkgutil
 import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
 import anndata as ad
+import numpy as np
+import scipy.sparse as sp
 
 from pertflow.errors import ConfigError
 from pertflow.keys import Keys
 from pertflow.utils import atomic_path, provenance
 
 _REGISTRY: dict[str, type["Model"]] = {}
+log = logging.getLogger(__name__)
+
+# Params every model takes, merged into each class's ``defaults`` (a class may override one).
+# clip_negative: predicted log-normalised expression below 0 (which no cell can have) is set to 0;
+# false keeps the model's raw output.
+COMMON_DEFAULTS: dict[str, Any] = {"clip_negative": True}
+COMMON_HELP: dict[str, str] = {
+    "clip_negative": "set predicted expression below 0 to 0 (false: keep the raw output)"}
 
 
 class Model:
@@ -37,10 +48,20 @@ class Model:
     defaults: ClassVar[dict[str, Any]] = {}
     # The values a param may take, for params that take one of a few: {param: (value, ...)}.
     choices: ClassVar[dict[str, tuple]] = {}
+    # One line per param of ``defaults`` saying what it does (`python -m pertflow models`).
+    param_help: ClassVar[dict[str, str]] = {}
     # Cells a training minibatch must hold: models with BatchNorm layers set 2.
     min_batch_cells: ClassVar[int] = 1
     # A reference the models are compared against (summaries list baselines apart).
     is_baseline: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.defaults = {**cls.defaults,
+                        **{k: v for k, v in COMMON_DEFAULTS.items() if k not in cls.defaults}}
+        helps = getattr(cls, "param_help", None)
+        if isinstance(helps, dict):
+            cls.param_help = {**helps, **{k: v for k, v in COMMON_HELP.items() if k not in helps}}
 
     def __init__(self, keys: Keys):
         self.keys = keys
@@ -131,10 +152,11 @@ class Model:
             shutil.rmtree(directory, ignore_errors=True)
 
     def metadata(self) -> dict[str, Any]:
-        """What a saved model and its predictions record: model, params, seed, keys and the
-        versions that produced them."""
-        meta = {"model": self.name, "params": self.params, "seed": self.seed,
-                "keys": self.keys.__dict__, "versions": provenance()}
+        """What a saved model and its predictions record: model (and the module that defines it,
+        so a model of one's own loads again), params, seed, keys and the versions that produced
+        them."""
+        meta = {"model": self.name, "module": type(self).__module__, "params": self.params,
+                "seed": self.seed, "keys": self.keys.as_dict(), "versions": provenance()}
         if self.transfer is not None:
             meta["transfer"] = self.transfer
         return meta
@@ -143,7 +165,7 @@ class Model:
     def load(cls, directory: str | Path) -> "Model":
         directory = Path(directory)
         meta = json.loads((directory / "model.json").read_text())
-        model = get_model_class(meta["model"])(Keys(**meta["keys"]))
+        model = get_model_class(meta["model"], meta.get("module"))(Keys(**meta["keys"]))
         model.params = {**model.defaults, **meta["params"]}
         model.seed = meta["seed"]
         model.transfer = meta.get("transfer")
@@ -157,7 +179,19 @@ class Model:
         raise NotImplementedError
 
     def _prediction(self, control_cells: ad.AnnData, X) -> ad.AnnData:
-        """Wrap predicted expression as AnnData labelled as perturbed cells of the held-out group."""
+        """Wrap predicted expression as AnnData labelled as perturbed cells of the held-out group;
+        values below 0 are set to 0 unless the ``clip_negative`` param is false. Every model's
+        prediction passes through here: the one place negative expression is clipped."""
+        X = X.copy() if sp.issparse(X) else np.array(X)
+        values = X.data if sp.issparse(X) else X
+        negative = values < 0
+        if negative.any():
+            log.info("%s: %d of %d predicted values below 0 (down to %.3g)%s", self.name,
+                     negative.sum(), np.prod(X.shape), values.min(),
+                     ", set to 0" if self.params.get("clip_negative", True)
+                     else "; kept (clip_negative: false)")
+            if self.params.get("clip_negative", True):
+                values[negative] = 0
         obs = control_cells.obs.copy()
         obs[self.keys.condition] = self.keys.perturbed
         obs["source_cell"] = control_cells.obs_names

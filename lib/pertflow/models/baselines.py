@@ -21,6 +21,7 @@ class ControlBaseline(Model):
     """Predicts that the perturbation changes nothing: held-out controls are returned unchanged."""
 
     is_baseline = True
+    param_help = {}
 
     def _fit(self, train: ad.AnnData) -> None:
         pass
@@ -78,6 +79,7 @@ class MeanShift(_ShiftModel):
     """Held-out controls + (mean perturbed − mean control) of the training cells, in gene space."""
 
     defaults = {"balanced": False}
+    param_help = {"balanced": "resample every group to the largest group's size first (scGen's balancing)"}
 
 
 def fit_pca(X: np.ndarray, n_comps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -101,6 +103,8 @@ class PCAShift(_ShiftModel):
     """The same arithmetic in a PCA space fitted on the training cells, projected back to genes."""
 
     defaults = {"balanced": False, "n_comps": 100}
+    param_help = {"balanced": "resample every group to the largest group's size first (scGen's balancing)",
+                  "n_comps": "PCA components of the training cells the shift is taken in"}
 
     def _fit_embedding(self, train: ad.AnnData) -> None:
         self.mean_, self.components_ = fit_pca(dense(train.X), self.params["n_comps"])
@@ -204,6 +208,12 @@ class SimilarityShift(_TransferModel):
         "max_cells": 500,      # cells per group and condition kept for the inner choice
     }
     choices = {"space": ("genes", "pca")}
+    param_help = {
+        "space": "where groups are compared: genes, or a PCA of the training cells",
+        "n_comps": "PCA components (with space: pca)",
+        "score_genes": "each training group's most changed genes the transfer is chosen on",
+        "max_cells": "cells per group and condition kept for the inner choice",
+    }
 
 
 @register("transport_shift")
@@ -220,3 +230,9 @@ class TransportShift(_TransferModel):
         "max_cells": 500,      # cells per group and condition transported (seeded subsample)
     }
     choices = {"space": ("pca",)}
+    param_help = {
+        "space": "where cells are paired: a PCA of the training cells",
+        "n_comps": "PCA components (with space: pca)",
+        "score_genes": "each training group's most changed genes the transfer is chosen on",
+        "max_cells": "cells per group and condition transported (seeded subsample)",
+    }

@@ -525,6 +525,35 @@ class ContrastiveVI(TorchModel):
         "device": "auto",
     }
 
+    param_help = {
+        "n_hidden": "units per hidden layer of encoders and decoder",
+        "n_background_latent": "dimensions of the background latent z (shared with controls)",
+        "n_salient_latent": "dimensions of the salient latent t (perturbed cells only)",
+        "n_layers": "hidden layers of encoders and decoder",
+        "dropout_rate": "dropout after each hidden layer",
+        "library": "library size: observed, or latent (a log-normal prior fitted to training "
+                   "cells)",
+        "covariates": "obs columns one-hot encoded into encoders and decoder",
+        "wasserstein_penalty": "weight of the penalty pulling controls' salient posterior to 0",
+        "classifier_weight": "weight of a linear classifier of the condition from the salient "
+                             "mean",
+        "elbo": "meanfield: closed-form KL (as scvi-tools); trace: sampled KL",
+        "batch_size": "control and perturbed cells each per training step",
+        "lr": "Adam learning rate",
+        "weight_decay": "Adam weight decay",
+        "clip_norm": "gradient-norm clipping of the optimiser (Pyro's ClippedAdam)",
+        "max_epochs": "most training epochs (null: min(20000 / cells × 400, 400), as scvi-tools)",
+        "kl_warmup_epochs": "epochs over which the KL weight ramps up to 1",
+        "early_stopping_patience": "epochs without a better held-out ELBO before stopping "
+                                   "(null: off)",
+        "validation_fraction": "fraction of training cells held back for early stopping",
+        "prediction": "expected: decoded mean expression; sampled: one ZINB draw per cell, "
+                      "normalised like X",
+        "salient_transfer": "salient shift given to held-out cells: the average, similar "
+                            "groups' (similarity) or per-cell deltas (transport)",
+        "device": "where to train: auto (a GPU when the job sees one), cpu, cuda or cuda:n",
+    }
+
     choices = {
         "library": ("observed", "latent"),
         "elbo": ("meanfield", "trace"),

@@ -337,6 +337,35 @@ class ScGen(TorchModel):
         "device": "auto",
     }
 
+    param_help = {
+        "n_hidden": "units per hidden layer of encoder and decoder",
+        "n_layers": "hidden layers of encoder and decoder",
+        "n_latent": "dimensions of the latent space",
+        "dropout_rate": "dropout after each hidden layer",
+        "norm": "normalisation after each hidden linear layer",
+        "recon_loss": "reconstruction error of the VAE loss (mse: the reference's)",
+        "kl_weight": "weight of the KL term in the VAE loss",
+        "batch_size": "cells per training minibatch",
+        "lr": "Adam learning rate",
+        "lr_schedule": "cosine: decay to lr × lr_final_fraction at max_epochs; constant: none",
+        "lr_final_fraction": "learning rate at max_epochs as a fraction of lr (cosine schedule)",
+        "adam_eps": "Adam's epsilon (scvi's 0.01)",
+        "weight_decay": "Adam weight decay",
+        "max_epochs": "most training epochs",
+        "validation_fraction": "fraction of training cells held back for validation",
+        "stop_on": "what early stopping and restore_best watch: the latent arithmetic on the "
+                   "training groups, or the validation loss",
+        "patience": "epochs without a better score before stopping (null: never stop early)",
+        "min_epochs": "epochs trained before an epoch is kept or stopping starts",
+        "restore_best": "end with the weights of the best-scoring epoch",
+        "delta_groups": "the latent delta: paired/all (one mean vector), similarity (similar "
+                        "groups' deltas) or transport (per-cell deltas, scPRAM)",
+        "restrict_arithmetic_to": "groups the delta is computed from (null: all groups)",
+        "prediction": "residual: control + decoded change; decoded: decode(z + delta), as the "
+                      "reference",
+        "device": "where to train: auto (a GPU when the job sees one), cpu, cuda or cuda:n",
+    }
+
     choices = {
         "norm": ("batch", "layer", "none"),
         "recon_loss": ("mse", "l1"),

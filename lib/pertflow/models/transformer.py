@@ -241,6 +241,22 @@ class Transformer(TorchModel):
         "device": "auto",
     }
 
+    param_help = {
+        "n_layers": "transformer blocks",
+        "d_model": "token embedding width (a multiple of n_heads)",
+        "n_heads": "attention heads per block",
+        "dropout": "dropout in attention and feed-forward layers",
+        "n_bins": "expression bins per cell (bin 0: zero; the rest at the cell's quantiles)",
+        "max_genes": "gene tokens per sequence; a cell with more genes is subsampled",
+        "epochs": "passes over the paired training groups' control cells",
+        "batch_size": "cells per training minibatch",
+        "lr": "AdamW learning rate",
+        "weight_decay": "AdamW weight decay",
+        "score_genes": "each training group's most changed genes the response transfer is "
+                       "chosen on",
+        "device": "where to train: auto (a GPU when the job sees one), cpu, cuda or cuda:n",
+    }
+
     @classmethod
     def _check_param_rules(cls, params: dict, where: str) -> None:
         super()._check_param_rules(params, where)
