@@ -2,10 +2,12 @@
 perturbed expression from its control cells with the model as reloaded from disk (so what is
 saved is exactly what is scored)."""
 
+import json
+
 import anndata as ad
 
 from pertflow.keys import Keys
-from pertflow.logs import log_to
+from pertflow.logs import log_to, training_time_left
 from pertflow.models import get_model_class
 from pertflow.utils import write_h5ad
 
@@ -22,3 +24,14 @@ with log_to(snakemake.log[0]) as log:
     prediction = cls.load(snakemake.output.model).predict(ad.read_h5ad(snakemake.input.control))
     log.info("predicted %d cells × %d genes", *prediction.shape)
     write_h5ad(prediction, snakemake.output.prediction)
+
+    # For a user deciding whether to cut a long run short; read from the config, not params, so
+    # that it changes nothing a rerun compares.
+    dataset, config = snakemake.wildcards.dataset, snakemake.config
+    with open(f"results/{dataset}/held_out_groups.json") as f:
+        per_model = len(json.load(f)["groups"]) * len(config["seeds"])
+    estimate = training_time_left(f"results/{dataset}/benchmarks/train_predict",
+                                  dict.fromkeys(config["models"], per_model),
+                                  (snakemake.wildcards.model, snakemake.wildcards.group, seed))
+    if estimate:
+        log.info(estimate)

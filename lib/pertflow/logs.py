@@ -8,6 +8,9 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from pertflow.errors import PertflowError
 
 
@@ -45,3 +48,26 @@ def _to_log_only(logger: logging.Logger, file_handler: logging.Handler, message:
     record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, message, (),
                                sys.exc_info())
     file_handler.handle(record)
+
+
+def training_time_left(benchmarks: str | Path, planned: dict[str, int],
+                       running: tuple[str, str, int]) -> str | None:
+    """A line estimating the training time a run has left, from the benchmark files of the
+    trainings already finished (``benchmarks/{model}/{group}/seed{seed}.tsv``): each model's
+    unfinished trainings (``planned`` per model, less the finished ones and the ``running`` one,
+    whose file is written after it) times that model's mean seconds so far, or the mean of all
+    finished trainings for a model with none yet. None before any training has finished."""
+    seconds: dict[str, list[float]] = {}
+    for path in Path(benchmarks).glob("*/*/seed*.tsv"):
+        seconds.setdefault(path.parts[-3], []).append(float(pd.read_csv(path, sep="\t")["s"][0]))
+    if not seconds:
+        return None
+    model, group, seed = running
+    overall = float(np.mean(np.concatenate(list(seconds.values()))))
+    left = {name: max(n - len(seconds.get(name, [])) - (name == model), 0)
+            for name, n in planned.items()}
+    total = sum(n * float(np.mean(seconds.get(name, [overall]))) for name, n in left.items())
+    done = sum(map(len, seconds.values())) + 1
+    return (f"{done} of {sum(planned.values())} trainings done (the last: {model}, {group}, "
+            f"seed {seed}); the {sum(left.values())} left need about {total / 60:.1f} min of "
+            "training in all at each model's mean time so far (less with several at once)")
