@@ -25,6 +25,7 @@ include: "workflow/rules/split.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/screen.smk"
 
 
 # Under a cluster executor (profiles/slurm) these run on the submitting host: the download needs
@@ -45,3 +46,4 @@ rule all:
     input:
         EVALUATION_OUTPUTS,
         FIGURE_OUTPUTS,
+        SCREEN_OUTPUTS,

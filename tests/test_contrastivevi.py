@@ -199,6 +199,8 @@ def test_salient_transfer_records_its_choice_and_survives_a_round_trip(small_sim
     {},
     {"wasserstein_penalty": 1.0, "classifier_weight": 1.0},
     {"elbo": "trace", "library": "latent", "covariates": ["donor"], "n_layers": 2},
+    {"classifier_weight": 2.0, "classifier_key": "cell_type", "wasserstein_penalty": 1.0},
+    {"classifier_weight": 1.0, "classifier_key": "cell_type", "elbo": "trace"},
 ])
 def test_fast_loss_equals_pyro_elbo_on_a_fixed_batch(small_sim, keys, options):
     """Training's hand-written loss (sparse counts, no Pyro traces) is Pyro's TraceMeanField_ELBO
@@ -214,10 +216,15 @@ def test_fast_loss_equals_pyro_elbo_on_a_fixed_batch(small_sim, keys, options):
     model.seed = 0
     model.covariate_categories = {key: sorted(small_sim.obs[key].astype(str).unique())
                                   for key in model.params["covariates"]}
+    key = model.params["classifier_key"]
+    model.label_categories = sorted(small_sim.obs[key].astype(str).unique()) if key else []
     counts, covariates = model._counts(small_sim), model._covariates(small_sim)
+    labels = model._labels(small_sim)
     model._start_training(small_sim)
     network = cvi._ContrastiveVAE(small_sim.n_vars, covariates.shape[1], model.params,
-                                  (7.0, 0.5)).to(model.device)
+                                  (7.0, 0.5), len(model.label_categories)).to(model.device)
+    assert network.classifier is None or network.classifier.out_features == max(
+        len(model.label_categories), 1)
     model.network = network
     is_control, _ = model._condition_masks(small_sim)
     control = np.flatnonzero(is_control)[:40]
@@ -229,12 +236,13 @@ def test_fast_loss_equals_pyro_elbo_on_a_fixed_batch(small_sim, keys, options):
     def loss_and_grads(fast: bool, kl_weight: float = 0.3):
         torch.manual_seed(11)
         if fast:
-            loss, _ = network.loss(model._sparse_batch(model._training_data(counts, covariates),
-                                                       control, perturbed, *totals), kl_weight)
+            data = model._training_data(counts, covariates, labels)
+            loss, _ = network.loss(model._sparse_batch(data, control, perturbed, *totals),
+                                   kl_weight)
         else:
             loss = elbo.differentiable_loss(network.model, network.guide,
                                             model._batch(counts, covariates, control, perturbed,
-                                                         *totals), kl_weight)
+                                                         *totals, labels), kl_weight)
         dispersion = network.inverse_dispersion().unconstrained()
         grads = torch.autograd.grad(loss, [*parameters.values(), dispersion])
         return float(loss.detach()), grads
@@ -255,10 +263,10 @@ def test_fast_loss_equals_pyro_elbo_on_a_fixed_batch(small_sim, keys, options):
 
         # The per-epoch held-out ELBO by the fast path equals the one through Pyro.
         torch.manual_seed(5)
-        by_pyro = model._heldout_losses(counts, covariates, control, perturbed)
+        by_pyro = model._heldout_losses(counts, covariates, control, perturbed, labels=labels)
         torch.manual_seed(5)
         by_fast = model._heldout_losses(counts, covariates, control, perturbed,
-                                        data=model._training_data(counts, covariates))
+                                        data=model._training_data(counts, covariates, labels))
         for name in ("loss", "reconstruction_loss"):
             assert by_fast[name] == pytest.approx(by_pyro[name], rel=1e-5)
 
@@ -348,3 +356,33 @@ def test_sparse_zinb_log_likelihood_equals_pyros_distribution():
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-3)
     for g_got, g_expected in zip(got_grads, expected_grads):
         torch.testing.assert_close(g_got, g_expected, rtol=1e-4, atol=1e-4)
+
+
+def test_screen_training_with_a_label_classifier_samples_and_decodes(small_sim, keys, tmp_path):
+    """A screen's use: every cell trained on, a multi-class classifier of a label column
+    (controls a class), posterior samples of both latents and decoding with the cells'
+    covariates; all survive a save and load."""
+    params = {**TINY, "classifier_weight": 1.0, "classifier_key": "cell_type",
+              "covariates": ["donor"]}
+    model = fit(small_sim, keys, params)
+    classes = sorted(small_sim.obs["cell_type"].astype(str).unique())
+    assert model.network.classifier.out_features == len(classes)
+    means = model.embed(small_sim)
+    assert np.abs(means["X_salient"]).sum(1).min() > 0  # controls' encoder output, not 0
+    samples = model.sample_latents(small_sim[:30], n_samples=4, seed=3)
+    assert samples["background"].shape == (4, 30, model.network.n_background)
+    assert samples["salient"].shape == (4, 30, model.network.n_salient)
+    np.testing.assert_array_equal(model.sample_latents(small_sim[:30], 4, seed=3)["salient"],
+                                  samples["salient"])
+    assert samples["salient"].std(0).mean() > 0
+    decoded = model.decode(means["X_background"][:30], means["X_salient"][:30], small_sim[:30])
+    assert decoded.shape == (30, small_sim.n_vars) and np.all(decoded >= 0)
+    # On X's scale: per-cell totals of expm1 are the normalisation target.
+    np.testing.assert_allclose(np.expm1(decoded).sum(1), 1e4, rtol=1e-3)
+    with pytest.raises(ValueError, match="covariates"):
+        model.decode(means["X_background"][:3], means["X_salient"][:3])
+    model.save(tmp_path / "m")
+    loaded = Model.load(tmp_path / "m")
+    np.testing.assert_allclose(loaded.decode(means["X_background"][:30],
+                                             means["X_salient"][:30], small_sim[:30]),
+                               decoded, rtol=1e-5)

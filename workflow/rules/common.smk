@@ -1,4 +1,5 @@
 import json
+import re
 import os
 import shutil
 
@@ -64,6 +65,10 @@ validate_config(
     os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"),
     workflow.configfiles,
 )
+# A config of screens alone has no benchmark: no datasets, no models.
+config.setdefault("datasets", {})
+config.setdefault("models", {})
+config.setdefault("screens", {})
 check_models(config)
 
 DATASETS = list(config["datasets"])
@@ -243,3 +248,23 @@ def run_metrics(wildcards):
         group=held_out_groups(wildcards.dataset),
         seed=SEEDS,
     )
+
+
+# ---- screens (workflow/rules/screen.smk) ----
+SCREENS = list(config["screens"])
+SCREEN = "results/{screen}"
+
+
+wildcard_constraints:
+    screen="|".join(map(re.escape, SCREENS)) or "no-screen",
+
+
+def screen_spec(wildcards):
+    return config["screens"][wildcards.screen]
+
+
+def screen_raw(wildcards):
+    source = screen_spec(wildcards)["source"]
+    if "simulate" in source:
+        return f"results/{wildcards.screen}/simulated_screen.h5ad"
+    return source["path"]

@@ -5,8 +5,17 @@ cell cycle, donor); only perturbed cells have a salient latent t ~ N(0, I), and 
 A decoder maps (z, t, covariates) to gene proportions and zero-inflation logits of a ZINB likelihood
 on raw counts, with one inverse dispersion per gene. Encoders q(z|x) and q(t|x) read log1p of
 size-normalised counts. Two optional extras shape the salient space: a Wasserstein penalty pushing
-the controls' salient posterior to a point mass at 0, and a linear classifier of the condition from
-the salient mean.
+the controls' salient posterior to a point mass at 0, and a linear classifier from the salient
+mean: of the condition (control vs perturbed), or with ``classifier_key`` of every perturbation
+label, controls a class of their own (the original model's group classifier).
+
+A Perturb-seq screen is analysed with the same model and keys: a derived condition column
+(control vs any knockout) splits the cells, ``classifier_key`` names the knockout column, and no
+group is held out (``pertflow.screen``, workflow/rules/screen.smk). ``embed`` gives every cell's
+posterior means (controls' salient mean is their encoder's actual output, not 0),
+``sample_latents`` posterior draws of both latents, and ``decode`` the expected expression of
+any background and salient latents with given cells' covariates (latent differential
+expression).
 
 Training mirrors scvi-tools' ``ContrastiveVI``: each step draws ``batch_size`` control and
 ``batch_size`` perturbed cells, an epoch runs through the larger group once, the KL weight ramps up
@@ -169,6 +178,7 @@ class _Batch:
     n_control: int
     control_total: int
     perturbed_total: int
+    labels: torch.Tensor | None = None  # class of each cell for a multi-class classifier
 
     @property
     def log_library(self) -> torch.Tensor:
@@ -206,6 +216,7 @@ class _SparseRows:
     n_control: int
     control_total: int
     perturbed_total: int
+    labels: torch.Tensor | None = None  # class of each cell for a multi-class classifier
 
     def __post_init__(self):
         self.flat = self.rows * self.n_genes + self.indices  # into a flattened cells × genes
@@ -283,7 +294,9 @@ class _ContrastiveVAE(nn.Module):
     """The networks, and the Pyro model and guide that use them."""
 
     def __init__(self, n_genes: int, n_covariates: int, params: dict,
-                 library_prior: tuple[float, float]):
+                 library_prior: tuple[float, float], n_classes: int = 0):
+        """``n_classes`` > 0: the classifier predicts that many labels (``classifier_key``);
+        0: the condition."""
         super().__init__()
         width = dict(n_hidden=params["n_hidden"], n_layers=params["n_layers"])
         self.n_background = params["n_background_latent"]
@@ -300,7 +313,9 @@ class _ContrastiveVAE(nn.Module):
         self.library_encoder = (_GaussianEncoder(n_latent=1, **encoder) if self.latent_library
                                 else None)
         self.decoder = _Decoder(self.n_background + self.n_salient, n_covariates, n_genes, **width)
-        self.classifier = nn.Linear(self.n_salient, 1) if self.classifier_weight > 0 else None
+        self.n_classes = n_classes
+        self.classifier = (nn.Linear(self.n_salient, n_classes or 1)
+                           if self.classifier_weight > 0 else None)
         self.n_genes = n_genes
 
     def _standard_normal(self, n: int, dim: int, like: torch.Tensor):
@@ -384,7 +399,8 @@ class _ContrastiveVAE(nn.Module):
                 distance = (t_loc[control] ** 2 + t_scale[control] ** 2).sum(-1)
                 self._penalise("control_wasserstein_penalty",
                                kl_weight * self.wasserstein_penalty * distance)
-            self._classify("control_classifier_penalty", t_loc[control], label=0.0)
+            self._classify("control_classifier_penalty", t_loc[control], 0.0,
+                           None if batch.labels is None else batch.labels[control])
         with perturbed_plate:
             with poutine.scale(scale=kl_weight):
                 pyro.sample("z_perturbed",
@@ -393,16 +409,30 @@ class _ContrastiveVAE(nn.Module):
             if self.latent_library:
                 pyro.sample("log_library_perturbed",
                             dist.Normal(library_loc[perturbed], library_scale[perturbed]))
-            self._classify("perturbed_classifier_penalty", t_loc[perturbed], label=1.0)
+            self._classify("perturbed_classifier_penalty", t_loc[perturbed], 1.0,
+                           None if batch.labels is None else batch.labels[perturbed])
 
-    def _classify(self, name: str, salient_mean: torch.Tensor, label: float) -> None:
-        """Cross-entropy of a linear classifier of the condition from the salient mean."""
+    def _classify(self, name: str, salient_mean: torch.Tensor, condition: float,
+                  labels: torch.Tensor | None) -> None:
+        """Cross-entropy of a linear classifier from the salient mean: of the condition
+        (``condition``, 0 or 1), or with ``n_classes`` of each cell's class (``labels``)."""
         if self.classifier is None:
             return
-        logits = self.classifier(salient_mean).squeeze(-1)
-        loss = nn.functional.binary_cross_entropy_with_logits(
-            logits, torch.full_like(logits, label), reduction="none")
-        self._penalise(name, self.classifier_weight * loss)
+        self._penalise(name, self.classifier_weight * self._classifier_loss(
+            salient_mean, torch.full(salient_mean.shape[:1], condition,
+                                     device=salient_mean.device), labels))
+
+    def _classifier_loss(self, salient_mean: torch.Tensor, condition: torch.Tensor,
+                         labels: torch.Tensor | None) -> torch.Tensor:
+        """Per cell, the classifier's cross-entropy (binary on the condition, or multi-class
+        on the labels)."""
+        logits = self.classifier(salient_mean)
+        if self.n_classes:
+            if labels is None:
+                raise ValueError("a multi-class classifier needs the batch's labels")
+            return F.cross_entropy(logits, labels, reduction="none")
+        return F.binary_cross_entropy_with_logits(logits.squeeze(-1), condition,
+                                                  reduction="none")
 
     @staticmethod
     def _penalise(name: str, penalty: torch.Tensor) -> None:
@@ -483,10 +513,9 @@ class _ContrastiveVAE(nn.Module):
                     kl_weight * self.wasserstein_penalty * distance,
                     distance.new_zeros(n_perturbed)])
             if self.classifier is not None:
-                logits = self.classifier(t_loc).squeeze(-1)
-                labels = torch.cat([logits.new_zeros(n_control), logits.new_ones(n_perturbed)])
-                per_cell = per_cell + self.classifier_weight * \
-                    F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+                condition = torch.cat([t_loc.new_zeros(n_control), t_loc.new_ones(n_perturbed)])
+                per_cell = per_cell + self.classifier_weight * self._classifier_loss(
+                    t_loc, condition, batch.labels)
         scale_control, scale_perturbed = batch.scales
         loss = (scale_control * per_cell[control].sum()
                 + scale_perturbed * per_cell[perturbed].sum())
@@ -498,6 +527,7 @@ class ContrastiveVI(TorchModel):
     """contrastiveVI in Pyro; defaults follow scvi-tools' ``scvi.external.ContrastiveVI``."""
 
     min_batch_cells = 2  # BatchNorm in the hidden layers
+    label_categories: list[str] = []  # classifier_key's classes (set by fit; none: the condition)
 
     defaults = {
         "n_hidden": 128,
@@ -509,6 +539,7 @@ class ContrastiveVI(TorchModel):
         "covariates": [],  # obs keys, one-hot encoded into encoders and decoder
         "wasserstein_penalty": 0.0,
         "classifier_weight": 0.0,
+        "classifier_key": None,  # obs column: a multi-class classifier of its labels
         "elbo": "meanfield",  # meanfield: closed-form KL, as scvi-tools
         "batch_size": 128,  # per group: each step sees this many control and perturbed cells
         "lr": 1e-3,
@@ -537,6 +568,8 @@ class ContrastiveVI(TorchModel):
         "wasserstein_penalty": "weight of the penalty pulling controls' salient posterior to 0",
         "classifier_weight": "weight of a linear classifier of the condition from the salient "
                              "mean",
+        "classifier_key": "obs column whose labels the classifier predicts (multi-class, "
+                          "controls a class; e.g. a screen's perturbation); null: the condition",
         "elbo": "meanfield: closed-form KL (as scvi-tools); trace: sampled KL",
         "batch_size": "control and perturbed cells each per training step",
         "lr": "Adam learning rate",
@@ -618,19 +651,41 @@ class ContrastiveVI(TorchModel):
                                 "`keys: control/perturbed` in the config against the data.")
         return is_control, is_perturbed
 
+    def _labels(self, adata: ad.AnnData) -> np.ndarray | None:
+        """Each cell's class index in ``classifier_key`` (None without a multi-class
+        classifier), using the classes seen in training."""
+        if not self.label_categories:
+            return None
+        key = self.params["classifier_key"]
+        if key not in adata.obs:
+            raise DataError(f"obs['{key}'] (classifier_key) is missing; add the column or "
+                            "unset `classifier_key`.")
+        labels = pd.Categorical(adata.obs[key].astype(str), categories=self.label_categories)
+        if np.any(labels.codes < 0):
+            unknown = sorted(set(adata.obs[key].astype(str)) - set(self.label_categories))
+            raise DataError(f"obs['{key}'] has labels {unknown[:5]} not seen in training.")
+        return labels.codes.astype(np.int64)
+
     def _batch(self, counts: sp.csr_matrix, covariates: np.ndarray, control_rows: np.ndarray,
-               perturbed_rows: np.ndarray, control_total: int, perturbed_total: int) -> _Batch:
+               perturbed_rows: np.ndarray, control_total: int, perturbed_total: int,
+               labels: np.ndarray | None = None) -> _Batch:
         rows = np.concatenate([control_rows, perturbed_rows])
         counts, covariates = (torch.as_tensor(a, dtype=torch.float32, device=self.device)
                               for a in (dense(counts[rows]), covariates[rows]))
-        return _Batch(counts, covariates, len(control_rows), control_total, perturbed_total)
+        labels = None if labels is None else torch.as_tensor(labels[rows], device=self.device)
+        return _Batch(counts, covariates, len(control_rows), control_total, perturbed_total,
+                      labels)
 
-    def _training_data(self, counts: sp.csr_matrix, covariates: np.ndarray) -> dict:
+    def _training_data(self, counts: sp.csr_matrix, covariates: np.ndarray,
+                       labels: np.ndarray | None = None) -> dict:
         """What ``_sparse_batch`` slices minibatches from: the CSR counts, each cell's library
-        size and the covariates (on the device, indexed there)."""
+        size, the covariates and the classifier's labels, if any (on the device, indexed
+        there)."""
         return {"counts": counts, "library": np.asarray(counts.sum(axis=1), np.float32).ravel(),
                 "covariates": torch.as_tensor(covariates, dtype=torch.float32,
-                                              device=self.device)}
+                                              device=self.device),
+                "labels": None if labels is None else torch.as_tensor(labels,
+                                                                      device=self.device)}
 
     def _sparse_batch(self, data: dict, control_rows: np.ndarray, perturbed_rows: np.ndarray,
                       control_total: int, perturbed_total: int) -> _SparseRows:
@@ -646,9 +701,10 @@ class ContrastiveVI(TorchModel):
                                                else np.float32)) for a in arrays]
         if self.device.type == "cuda":  # page-locked host memory: the copy overlaps compute
             tensors = [t.pin_memory().to(self.device, non_blocking=True) for t in tensors]
-        covariates = data["covariates"][torch.as_tensor(rows, device=self.device)]
-        return _SparseRows(*tensors, covariates, part.shape[1], len(control_rows),
-                           control_total, perturbed_total)
+        on_device = torch.as_tensor(rows, device=self.device)
+        labels = None if data.get("labels") is None else data["labels"][on_device]
+        return _SparseRows(*tensors, data["covariates"][on_device], part.shape[1],
+                           len(control_rows), control_total, perturbed_total, labels)
 
     def _optimiser(self) -> _ClippedAdam:
         """Every parameter, the networks' and the inverse dispersion's unconstrained value, in
@@ -670,6 +726,13 @@ class ContrastiveVI(TorchModel):
         self.covariate_categories = {key: sorted(_covariate(train, key).unique())
                                      for key in p["covariates"]}
         covariates = self._covariates(train)
+        key = p["classifier_key"] if p["classifier_weight"] > 0 else None
+        if key is not None and key not in train.obs:
+            raise DataError(f"obs['{key}'] (classifier_key) is missing; add the column or "
+                            "unset `classifier_key`.")
+        self.label_categories = (sorted(train.obs[key].astype(str).unique()) if key is not None
+                                 else [])
+        labels = self._labels(train)
         self._start_training(train)
         rng = np.random.default_rng(self.seed)
 
@@ -680,9 +743,9 @@ class ContrastiveVI(TorchModel):
         validating = len(control_val) > 0 and len(perturbed_val) > 0
         log_library = np.log(np.asarray(counts.sum(axis=1)).ravel())
         library_prior = (float(log_library.mean()), float(log_library.std()) + 1e-3)
-        self.network = _ContrastiveVAE(train.n_vars, covariates.shape[1], p,
-                                       library_prior).to(self.device)
-        data = self._training_data(counts, covariates)
+        self.network = _ContrastiveVAE(train.n_vars, covariates.shape[1], p, library_prior,
+                                       len(self.label_categories)).to(self.device)
+        data = self._training_data(counts, covariates, labels)
         max_epochs = p["max_epochs"] or min(round(20000 / train.n_obs * 400), 400)
         n_train = len(control_train) + len(perturbed_train)
 
@@ -741,12 +804,12 @@ class ContrastiveVI(TorchModel):
 
     @torch.no_grad()
     def _heldout_losses(self, counts, covariates, control_rows, perturbed_rows,
-                        data: dict | None = None) -> dict:
+                        data: dict | None = None, labels: np.ndarray | None = None) -> dict:
         """−ELBO and reconstruction loss (−log p(x | z, t, library)) per cell: a single-sample
         estimate with the full KL weight, no penalties and the networks in eval mode. Chunks keep
         both groups non-empty, and each plate covers its whole chunk, so nothing is rescaled.
         With ``data`` (``_training_data``), by the training path's loss; without, through the
-        Pyro model and guide."""
+        Pyro model and guide (``labels``: the classifier's, which its blocked penalty reads)."""
         self.network.eval()
         guide = poutine.block(self.network.guide, hide_fn=_is_penalty)
         n_chunks = min(math.ceil(max(len(control_rows), len(perturbed_rows)) / CHUNK),
@@ -761,7 +824,7 @@ class ContrastiveVI(TorchModel):
                 elbo -= float(loss)
                 log_likelihood += float(per_cell.sum())
                 continue
-            batch = self._batch(counts, covariates, c, t, len(c), len(t))
+            batch = self._batch(counts, covariates, c, t, len(c), len(t), labels)
             guide_trace = poutine.trace(guide).get_trace(batch)
             model_trace = poutine.trace(
                 poutine.replay(self.network.model, trace=guide_trace)).get_trace(batch)
@@ -831,12 +894,67 @@ class ContrastiveVI(TorchModel):
         is_control, is_perturbed = self._condition_masks(adata)
         with pyro.get_param_store().scope(self.pyro_state):  # this model's learned dispersion
             return self._heldout_losses(self._counts(adata), self._covariates(adata),
-                                        np.flatnonzero(is_control), np.flatnonzero(is_perturbed))
+                                        np.flatnonzero(is_control), np.flatnonzero(is_perturbed),
+                                        labels=self._labels(adata))
 
     def embed(self, adata: ad.AnnData) -> dict[str, np.ndarray]:
+        """Posterior means of every cell's background and salient latents (cells × dims),
+        controls included: their salient mean is the encoder's output (about 0 when the model
+        learned to keep controls there), not the 0 the model fixes."""
         self._check_genes(adata)
         background, salient = self._posterior_means(self._counts(adata), self._covariates(adata))
         return {"X_background": background.cpu().numpy(), "X_salient": salient.cpu().numpy()}
+
+    @torch.no_grad()
+    def sample_latents(self, adata: ad.AnnData, n_samples: int = 20,
+                       seed: int | None = None) -> dict[str, np.ndarray]:
+        """``n_samples`` draws of each cell's background and salient latents from the
+        encoders' posteriors q(z|x), q(t|x), shaped samples × cells × dims; seeded (the
+        model's seed by default) without disturbing the global random state."""
+        self._check_genes(adata)
+        self.network.eval()
+        counts = self._counts(adata)
+        data = self._training_data(counts, self._covariates(adata))
+        generator = torch.Generator(device=self.device).manual_seed(
+            self.seed if seed is None else seed)
+        draws = {"background": [], "salient": []}
+        for start in range(0, counts.shape[0], CHUNK):
+            rows = np.arange(start, min(start + CHUNK, counts.shape[0]))
+            batch = self._sparse_batch(data, rows, rows[:0], len(rows), 0)
+            for name, encoder in (("background", self.network.background_encoder),
+                                  ("salient", self.network.salient_encoder)):
+                loc, scale = encoder(batch, batch.covariates)
+                noise = torch.randn((n_samples, *loc.shape), generator=generator,
+                                    device=self.device)
+                draws[name].append(loc + scale * noise)
+        return {name: torch.cat(parts, 1).cpu().numpy() for name, parts in draws.items()}
+
+    @torch.no_grad()
+    def decode(self, background: np.ndarray, salient: np.ndarray,
+               cells: ad.AnnData | None = None) -> np.ndarray:
+        """Expected expression on X's scale, log1p(1e4 × decoded proportions), of latent rows
+        (cells × dims each) with the covariates of ``cells`` (one row each; needed when the
+        model has covariates). With the background of real cells and their salient latent set
+        to a perturbation's mean or to 0, the difference is latent differential expression
+        (``pertflow.screen.latent_de``)."""
+        self.network.eval()
+        z = torch.as_tensor(np.array(background), dtype=torch.float32, device=self.device)
+        t = torch.as_tensor(np.array(salient), dtype=torch.float32, device=self.device)
+        if cells is None:
+            if self.covariate_categories:
+                raise ValueError("decode needs the cells whose covariates to decode with")
+            covariates = z.new_zeros(len(z), 0)
+        else:
+            if cells.n_obs != len(z):
+                raise ValueError(f"{cells.n_obs} cells for {len(z)} latent rows")
+            covariates = torch.as_tensor(self._covariates(cells), device=self.device)
+        out = []
+        for start in range(0, len(z), CHUNK):
+            part = slice(start, start + CHUNK)
+            log_proportions, _ = self.network.decoder(torch.cat([z[part], t[part]], -1),
+                                                      covariates[part])
+            out.append(torch.log1p(log_proportions.exp() * TARGET_SUM))
+        return torch.cat(out).cpu().numpy()
 
     @torch.no_grad()
     def predict(self, control_cells: ad.AnnData) -> ad.AnnData:
@@ -888,16 +1006,19 @@ class ContrastiveVI(TorchModel):
                     "salient_shift": self.salient_shift.cpu(),
                     "responses": None if self.responses is None else _responses_state(
                         self.responses),
-                    "covariate_categories": self.covariate_categories},
+                    "covariate_categories": self.covariate_categories,
+                    "label_categories": self.label_categories},
                    directory / "state.pt")
 
     def _load_state(self, directory: Path) -> None:
         super()._load_state(directory)
         state = self._load_tensors(directory / "state.pt")
         self.covariate_categories = state["covariate_categories"]
+        self.label_categories = state.get("label_categories") or []
         n_covariates = sum(len(c) for c in self.covariate_categories.values())
         library_prior = tuple(state["network"]["library_prior"].tolist())
-        self.network = _ContrastiveVAE(len(self.genes), n_covariates, self.params, library_prior)
+        self.network = _ContrastiveVAE(len(self.genes), n_covariates, self.params, library_prior,
+                                       len(self.label_categories))
         self.network.load_state_dict(state["network"])
         self.network.to(self.device)
         self.salient_shift = state["salient_shift"].to(self.device)
