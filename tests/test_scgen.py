@@ -289,7 +289,7 @@ def test_transferred_deltas_record_their_choice_and_survive_a_round_trip(fitted,
 def test_residual_prediction_adds_the_decoded_change_to_each_cell(fitted, parts):
     model = copy.deepcopy(fitted)
     assert model.params["prediction"] == "residual"  # the default
-    model.params["prediction"] = "decoded"
+    model.params |= {"prediction": "decoded", "clip_negative": False}
     decoded = model.predict(parts["control"]).X
     model.params["prediction"] = "residual"
     residual = model.predict(parts["control"]).X
@@ -297,3 +297,5 @@ def test_residual_prediction_adds_the_decoded_change_to_each_cell(fitted, parts)
     reconstructed = decode(model.vae, latent, model.device)
     np.testing.assert_allclose(residual, parts["control"].X.toarray() + decoded - reconstructed,
                                rtol=1e-5, atol=1e-5)
+    model.params["clip_negative"] = True  # the default: the same, with values below 0 set to 0
+    np.testing.assert_array_equal(model.predict(parts["control"]).X, np.maximum(residual, 0))
