@@ -3,6 +3,7 @@ perturbed expression from its control cells with the model as reloaded from disk
 saved is exactly what is scored)."""
 
 import json
+from pathlib import Path
 
 import anndata as ad
 
@@ -26,12 +27,17 @@ with log_to(snakemake.log[0]) as log:
     write_h5ad(prediction, snakemake.output.prediction)
 
     # For a user deciding whether to cut a long run short; read from the config, not params, so
-    # that it changes nothing a rerun compares.
+    # that it changes nothing a rerun compares. A held_out list is the plan; with `all`, the
+    # checkpoint's choice (written before any training of that plan).
     dataset, config = snakemake.wildcards.dataset, snakemake.config
-    with open(f"results/{dataset}/held_out_groups.json") as f:
-        per_model = len(json.load(f)["groups"]) * len(config["seeds"])
-    estimate = training_time_left(f"results/{dataset}/benchmarks/train_predict",
-                                  dict.fromkeys(config["models"], per_model),
-                                  (snakemake.wildcards.model, snakemake.wildcards.group, seed))
-    if estimate:
-        log.info(estimate)
+    groups = config["datasets"][dataset].get("held_out", "all")
+    chosen = Path(f"results/{dataset}/held_out_groups.json")
+    if not isinstance(groups, list) and chosen.exists():
+        groups = json.loads(chosen.read_text())["groups"]
+    if isinstance(groups, list):
+        estimate = training_time_left(
+            f"results/{dataset}/benchmarks/train_predict",
+            dict.fromkeys(config["models"], len(groups) * len(config["seeds"])),
+            (snakemake.wildcards.model, snakemake.wildcards.group, seed))
+        if estimate:
+            log.info(estimate)
