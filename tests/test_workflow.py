@@ -22,8 +22,9 @@ pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 def run(workdir: Path, config: dict, *extra: str, check: bool = True):
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
-    result = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), "--configfile",
-                             str(config_path), *extra], capture_output=True, text=True)
+    # extra first: targets after --configfile would be read as more config files
+    result = subprocess.run([*SNAKEMAKE, *extra, "--directory", str(workdir), "--configfile",
+                             str(config_path)], capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
     return result
