@@ -25,12 +25,12 @@ def test_a_model_of_ones_own_runs_through_the_whole_workflow(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (str(PLUGINS), os.environ.get("PYTHONPATH")) if p)}
-    command = [*SNAKEMAKE, "--directory", str(tmp_path), "--configfile",
-               str(tmp_path / "config.yaml")]
+    options = ["--directory", str(tmp_path), "--configfile", str(tmp_path / "config.yaml")]
     # Training, prediction, scoring, the summary and the model's own figures (the figures of every
-    # model together are the default workflow test's).
+    # model together are the default workflow test's); targets go before --configfile.
     targets = ["results/sim/summary.md", "results/sim/figures/mean_scatter/scaled_shift"]
-    result = subprocess.run([*command, *targets], capture_output=True, text=True, env=env)
+    result = subprocess.run([*SNAKEMAKE, *targets, *options], capture_output=True, text=True,
+                            env=env)
     assert result.returncode == 0, result.stderr[-5000:]
 
     metrics = pd.read_csv(tmp_path / "results" / "sim" / "metrics.csv")
@@ -49,6 +49,6 @@ def test_a_model_of_ones_own_runs_through_the_whole_workflow(tmp_path):
     # A misspelt param of the plugin fails at parse time, like the built-in models'.
     config["models"]["scaled_shift"]["params"] = {"scal": 0.5}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    result = subprocess.run([*command, "-n"], capture_output=True, text=True, env=env)
+    result = subprocess.run([*SNAKEMAKE, "-n", *options], capture_output=True, text=True, env=env)
     assert result.returncode != 0
     assert "unknown parameter(s) ['scal']" in result.stdout + result.stderr
