@@ -597,9 +597,6 @@ class ContrastiveVI(TorchModel):
     @classmethod
     def _check_param_rules(cls, params: dict, where: str) -> None:
         super()._check_param_rules(params, where)
-        if not 0 <= params["validation_fraction"] < 1:
-            raise cls.param_error(where, "validation_fraction", params["validation_fraction"],
-                                  "a fraction in [0, 1)")
         if params["salient_transfer"] != "average" and params["covariates"]:
             # The transfer is chosen by decoding training cells without their covariates.
             raise cls.param_error(where, "salient_transfer", params["salient_transfer"],

@@ -375,13 +375,6 @@ class ScGen(TorchModel):
         "prediction": ("decoded", "residual"),
     }
 
-    @classmethod
-    def _check_param_rules(cls, params: dict, where: str) -> None:
-        super()._check_param_rules(params, where)
-        if not 0 <= params["validation_fraction"] < 1:
-            raise cls.param_error(where, "validation_fraction", params["validation_fraction"],
-                                  "a fraction in [0, 1)")
-
     def _build(self, n_genes: int) -> VAE:
         p = self.params
         return VAE(n_genes, p["n_hidden"], p["n_latent"], p["n_layers"], p["dropout_rate"],

@@ -34,6 +34,9 @@ class TorchModel(Model):
         device = params["device"]
         if device not in ("auto", "cpu") and not str(device).startswith("cuda"):
             raise cls.param_error(where, "device", device, "auto, cpu, cuda or cuda:<index>")
+        fraction = params.get("validation_fraction")  # cells held back for early stopping
+        if fraction is not None and not 0 <= fraction < 1:
+            raise cls.param_error(where, "validation_fraction", fraction, "a fraction in [0, 1)")
 
     @classmethod
     def use_threads(cls, n: int) -> None:
