@@ -6,7 +6,7 @@ from pertflow.summary import WEIGHT_PREFIX, read_transfer, transfer_table
 from pertflow.utils import atomic_path
 
 with log_to(snakemake.log[0]) as log:
-    # {prediction path: {"model", "group", "seed"}}
+    # {prediction path: {"model", "perturbation", "group", "seed"}}
     runs = [{**run, "transfer": read_transfer(path)}
             for path, run in snakemake.params.runs.items()]
     table = transfer_table(runs)

@@ -15,7 +15,9 @@ with log_to(snakemake.log[0]) as log:
     degs = read_degs(snakemake.input.degs)
     reference = perturbed_mean(snakemake.input.train, Keys(**snakemake.params.experiment_keys),
                                read["truth"].var_names)
-    result = {**dict(snakemake.wildcards), "seed": snakemake.params.seed,
+    w = snakemake.wildcards
+    result = {"dataset": w.dataset, "model": w.model, **snakemake.params.held_out,
+              "seed": snakemake.params.seed,
               **score(read["prediction"], read["truth"], read["control"], degs, reference,
                       snakemake.params.seed)}
     log.info("%s", result)

@@ -1,4 +1,5 @@
-"""Decide which groups are held out; groups skipped for too few cells are named in the log."""
+"""Decide which (perturbation, group) splits are held out; those skipped for too few cells are
+named in the log."""
 
 import json
 
@@ -6,14 +7,20 @@ import anndata as ad
 
 from pertflow.keys import Keys
 from pertflow.logs import log_to
-from pertflow.splits import cell_counts, choose_held_out_groups
+from pertflow.splits import cell_counts, choose_held_out, names_several, perturbation_labels
 from pertflow.utils import atomic_path
 
 with log_to(snakemake.log[0]) as log:
-    keys = Keys(**snakemake.params.experiment_keys)
+    spec, dataset = snakemake.params.spec, snakemake.wildcards.dataset
     adata = ad.read_h5ad(snakemake.input[0], backed="r")
-    log.info("cells per group and condition:\n%s", cell_counts(adata, keys).to_string())
-    groups = choose_held_out_groups(adata, keys, snakemake.params.held_out,
-                                   snakemake.params.min_cells, snakemake.wildcards.dataset)
+    condition = spec["condition_key"]
+    perturbations = perturbation_labels(spec["perturbed"], spec["control"],
+                                        adata.obs[condition].unique(), condition, dataset)
+    keys = Keys(condition, spec["control"], perturbations[0], spec["group_key"])
+    log.info("cells per group and condition:\n%s",
+             cell_counts(adata, keys, perturbations).to_string())
+    chosen = choose_held_out(adata, keys, perturbations, snakemake.params.held_out,
+                             snakemake.params.min_cells, dataset)
+    prefixed = names_several(spec["perturbed"])
     with atomic_path(snakemake.output[0]) as tmp:
-        tmp.write_text(json.dumps({"groups": groups}, indent=2))
+        tmp.write_text(json.dumps({"splits": [h.name(prefixed) for h in chosen]}, indent=2))

@@ -6,7 +6,7 @@ from pertflow.logs import log_to
 from pertflow.plots import cost_bars, model_colors, save
 
 with log_to(snakemake.log[0]) as log:
-    # {benchmark path: {"model", "group", "seed"}}
+    # {benchmark path: {"model", "perturbation", "group", "seed"}}
     runs = [pd.read_csv(path, sep="\t").assign(**run)
             for path, run in snakemake.params.runs.items()]
     benchmarks = pd.concat(runs, ignore_index=True)

@@ -14,8 +14,8 @@ with log_to(snakemake.log[0]) as log:
     keys, entry = Keys(**snakemake.params.experiment_keys), snakemake.params.entry
     model = get_model_class(entry["model"], entry["module"]).load(snakemake.input.model[0])
     cells = ad.read_h5ad(snakemake.input.cells)
-    cells.obs["held out"] = (cells.obs[keys.group] == snakemake.params.group).map(
-        {True: snakemake.params.group, False: "other"})
+    group = snakemake.params.held_out["group"]  # the first split's, whose model this is
+    cells.obs["held out"] = (cells.obs[keys.group] == group).map({True: group, False: "other"})
     colors = [keys.condition, keys.group, "held out"]
     if add_cell_cycle_phase(cells, seed=snakemake.params.seed):
         colors.append("phase")

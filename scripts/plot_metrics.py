@@ -1,12 +1,13 @@
-"""Every metric as a heatmap (models × held-out groups, mean over seeds), and the models ranked by
-their mean rank over metrics and groups."""
+"""Every metric as a heatmap (models × splits, mean over seeds), and the models ranked by their
+mean rank over metrics and splits. A split is a held-out group, or perturbation/group when the
+table holds several perturbations."""
 
 import pandas as pd
 
 from pertflow.logs import log_to
 from pertflow.metrics import METRICS
-from pertflow.plots import mean_ranks, metric_heatmaps, model_colors, present_metrics, \
-    ranking_bars, save
+from pertflow.plots import by_split, mean_ranks, metric_heatmaps, model_colors, present_metrics, \
+    ranking_bars, save, several_perturbations
 
 with log_to(snakemake.log[0]) as log:
     metrics = pd.read_csv(snakemake.input[0])
@@ -16,6 +17,7 @@ with log_to(snakemake.log[0]) as log:
          [snakemake.output.heatmap, snakemake.output.heatmap_pdf])
     ranks = mean_ranks(metrics, METRICS)
     log.info("mean rank per model:\n%s", ranks.to_string())
-    n_scores = len(present) * metrics["group"].nunique()
-    save(ranking_bars(ranks, model_colors(snakemake.params.models), n_scores),
+    n_scores = len(present) * by_split(metrics)["group"].nunique()
+    split = "perturbation/group" if several_perturbations(metrics) else "group"
+    save(ranking_bars(ranks, model_colors(snakemake.params.models), n_scores, split),
          [snakemake.output.ranking, snakemake.output.ranking_pdf])

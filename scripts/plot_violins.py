@@ -1,5 +1,5 @@
-"""Violins of the top DEGs of every held-out group: control, real perturbed, and each model's
-first-seed prediction side by side (PNG and PDF per group)."""
+"""Violins of the top DEGs of every split (held-out group, or perturbation/group): control, real
+perturbed, and each model's first-seed prediction side by side (PNG and PDF per split)."""
 
 from pathlib import Path
 
@@ -12,11 +12,11 @@ from pertflow.plots import model_colors, save, top_deg_violins
 with log_to(snakemake.log[0]) as log:
     colors = model_colors(snakemake.params.models)
     out = Path(snakemake.output[0])
-    # {group: {"control", "truth", "degs", "predictions": {model: path}}}
-    for group, files in snakemake.params.files.items():
+    # {split: {"control", "truth", "degs", "predictions": {model: path}}}
+    for split, files in snakemake.params.files.items():
         genes = read_degs(files["degs"])[:snakemake.params.n_genes]
-        log.info("%s: top DEGs %s", group, genes)
+        log.info("%s: top DEGs %s", split, genes)
         preds = {model: ad.read_h5ad(path) for model, path in files["predictions"].items()}
         fig = top_deg_violins(ad.read_h5ad(files["control"]), ad.read_h5ad(files["truth"]), preds,
-                              genes, colors, f"held-out group {group}")
-        save(fig, [out / f"{group}.png", out / f"{group}.pdf"])
+                              genes, colors, f"held out: {split}")
+        save(fig, [out / f"{split}.png", out / f"{split}.pdf"])

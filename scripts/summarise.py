@@ -1,12 +1,14 @@
-"""Means with 95% intervals per model and held-out group, a plain-words summary of which model
-wins on which metric against the best baseline (and what the transferring models chose), and the
-same verdict as reStructuredText for the report's front page."""
+"""Means with 95% intervals per model, perturbation and held-out group, a plain-words summary of
+which model wins on which metric against the best baseline (and what the transferring models
+chose), per perturbation where a dataset has several, and the same verdict as reStructuredText
+for the report's front page."""
 
 import json
 from pathlib import Path
 
 import pandas as pd
 
+from pertflow.errors import DataError
 from pertflow.logs import log_to
 from pertflow.summary import summarise, summary_markdown
 from pertflow.utils import atomic_path
@@ -14,8 +16,15 @@ from pertflow.verdict import escape, verdict_rst
 
 with log_to(snakemake.log[0]) as log:
     dataset, baselines = snakemake.wildcards.dataset, snakemake.params.baselines
-    table = pd.read_csv(snakemake.input.metrics, dtype={"group": str})
-    transfer = pd.read_csv(snakemake.input.transfer, dtype={"group": str})
+    # Perturbation and group names are text, whatever they look like; every paired comparison
+    # pairs runs on (perturbation, group, seed), and each perturbation is judged on its own runs.
+    names = {"perturbation": str, "group": str}
+    table = pd.read_csv(snakemake.input.metrics, dtype=names)
+    transfer = pd.read_csv(snakemake.input.transfer, dtype=names)
+    for path, read in ((snakemake.input.metrics, table), (snakemake.input.transfer, transfer)):
+        if "perturbation" not in read.columns:
+            raise DataError(f"{path} has no perturbation column (it predates datasets of several "
+                            "perturbations); delete it so that it is made again.")
     with atomic_path(snakemake.output.table) as tmp:
         summarise(table).to_csv(tmp, index=False, float_format="%.6g")
     # The preprocessing's warnings (e.g. a QC rule that matched no gene), repeated where the

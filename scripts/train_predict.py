@@ -2,13 +2,10 @@
 perturbed expression from its control cells with the model as reloaded from disk (so what is
 saved is exactly what is scored)."""
 
-import json
-from pathlib import Path
-
 import anndata as ad
 
 from pertflow.keys import Keys
-from pertflow.logs import log_to, training_time_left
+from pertflow.logs import log_to, planned_trainings, training_time_left
 from pertflow.models import get_model_class
 from pertflow.utils import write_h5ad
 
@@ -27,17 +24,12 @@ with log_to(snakemake.log[0]) as log:
     write_h5ad(prediction, snakemake.output.prediction)
 
     # For a user deciding whether to cut a long run short; read from the config, not params, so
-    # that it changes nothing a rerun compares. A held_out list is the plan; with `all`, the
-    # checkpoint's choice (written before any training of that plan).
-    dataset, config = snakemake.wildcards.dataset, snakemake.config
-    groups = config["datasets"][dataset].get("held_out", "all")
-    chosen = Path(f"results/{dataset}/held_out_groups.json")
-    if not isinstance(groups, list) and chosen.exists():
-        groups = json.loads(chosen.read_text())["groups"]
-    if isinstance(groups, list):
-        estimate = training_time_left(
-            f"results/{dataset}/benchmarks/train_predict",
-            dict.fromkeys(config["models"], len(groups) * len(config["seeds"])),
-            (snakemake.wildcards.model, snakemake.wildcards.group, seed))
+    # that it changes nothing a rerun compares.
+    dataset = snakemake.wildcards.dataset
+    planned = planned_trainings(snakemake.config, dataset,
+                                f"results/{dataset}/held_out_groups.json")
+    if planned:
+        estimate = training_time_left(f"results/{dataset}/benchmarks/train_predict", planned,
+                                      (snakemake.wildcards.model, snakemake.wildcards.split, seed))
         if estimate:
             log.info(estimate)

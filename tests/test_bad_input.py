@@ -61,6 +61,10 @@ def data(tmp_path_factory):
     variants["negative"].X.data[0] = -1.0
     variants["lognorm"] = good.copy()
     variants["lognorm"].X = sp.csr_matrix(np.log1p(good.X.toarray()))
+    variants["three_labels"] = good.copy()  # control, stimulated and infected in every type
+    condition = good.obs["condition"].astype(str).to_numpy()
+    condition[np.flatnonzero(condition == "stimulated")[::2]] = "infected"
+    variants["three_labels"].obs["condition"] = condition
     variants["dup_genes"] = good.copy()
     variants["dup_genes"].var_names = ["G0"] + list(good.var_names[1:-1]) + ["G0"]
     paths = {}
@@ -138,6 +142,17 @@ DATA_CASES = {
                                   "Fix `condition_key`"]),
     "label_absent": ({"perturbed": "IFN"}, "good",
                      ["perturbed label 'IFN' not found", "Fix `perturbed:`"]),
+    "perturbed_list_holds_the_control": ({"perturbed": ["stimulated", "control"]}, "three_labels",
+                                         ["perturbed label 'control' is the control label",
+                                          "list only perturbations in `perturbed:`"]),
+    "perturbed_list_label_absent": ({"perturbed": ["infected", "IFN"]}, "three_labels",
+                                    ["perturbed label 'IFN' not found in obs['condition'] "
+                                     "(values: control, infected, stimulated)",
+                                     "Fix `perturbed:`"]),
+    "held_out_pair_with_too_few_cells": ({"perturbed": "all", "held_out": {"infected": ["B"]},
+                                          "min_cells": 500}, "three_labels",
+                                         ["held-out group 'B' has", "'infected' cells; it needs "
+                                          "at least min_cells=500", "Remove it from `held_out:`"]),
     "one_condition": ({}, "one_condition",
                       ["only one condition ('control')", "Point `condition_key:`"]),
     "held_out_group_absent": ({"held_out": ["Nope"]}, "good",

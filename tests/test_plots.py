@@ -128,6 +128,72 @@ def test_r2_bars(metrics, tmp_path):
     assert_drawn(fig, tmp_path)
 
 
+@pytest.fixture
+def two_perturbations(metrics) -> pd.DataFrame:
+    """The table of ``metrics`` under "stimulated", and again under "infected" with scgen worse
+    and a group C only that perturbation holds out: group A and B are split under both."""
+    infected = metrics.assign(perturbation="infected",
+                              r2_mean_all=metrics["r2_mean_all"] - 0.3)
+    extra = infected[infected["group"] == "A"].assign(group="C")
+    return pd.concat([metrics.assign(perturbation="stimulated"), infected, extra],
+                     ignore_index=True)
+
+
+def test_r2_bars_one_row_per_perturbation(two_perturbations, tmp_path):
+    """A row of axes per perturbation, titled with it, each with its own held-out groups, one y
+    scale, and the legend of models on the first row only."""
+    fig = plots.r2_bars(two_perturbations, "r2_mean_all", plots.model_colors(MODELS))
+    assert [ax.get_title() for ax in fig.axes] == ["infected", "stimulated"]
+    infected, stimulated = fig.axes
+    assert [t.get_text() for t in infected.get_xticklabels()] == ["A", "B", "C"]
+    assert [t.get_text() for t in stimulated.get_xticklabels()] == ["A", "B"]
+    assert [round(bar.get_height(), 6) for bar in bars(stimulated)] == [0.8, 0.9, 0.7, 0.5]
+    assert [round(bar.get_height(), 6) for bar in bars(infected)] == [0.5, 0.6, 0.4, 0.2, 0.5,
+                                                                     0.6]
+    assert points(infected) + points(stimulated) == len(two_perturbations)
+    assert infected.get_ylim() == stimulated.get_ylim()
+    assert [t.get_text() for t in infected.get_legend().get_texts()] == ["mean_shift", "scgen"]
+    assert stimulated.get_legend() is None
+    assert_drawn(fig, tmp_path)
+
+
+def figure_of(fig) -> list:
+    """What an R² bar figure shows: its size, and per axes the title, ticks, bars, dots and
+    legend."""
+    return [tuple(fig.get_size_inches())] + [
+        (ax.get_title(), [t.get_text() for t in ax.get_xticklabels()],
+         [(bar.get_x(), bar.get_height(), bar.get_facecolor()) for bar in bars(ax)],
+         points(ax), ax.get_ylim(), ax.get_ylabel(),
+         [t.get_text() for t in ax.get_legend().get_texts()]) for ax in fig.axes]
+
+
+def test_r2_bars_of_one_perturbation_are_as_without_the_column(metrics):
+    """A perturbation column of one label changes nothing: one axes, untitled."""
+    colors = plots.model_colors(MODELS)
+    before = figure_of(plots.r2_bars(metrics, "r2_mean_all", colors))
+    after = figure_of(plots.r2_bars(metrics.assign(perturbation="stimulated"), "r2_mean_all",
+                                    colors))
+    assert after == before and len(after) == 2 and after[1][0] == ""
+
+
+def test_heatmaps_and_ranks_of_several_perturbations_are_per_split(two_perturbations,
+                                                                  metrics):
+    """Columns perturbation/group; the ranks over every split (a group held out under two
+    perturbations is two scores); one perturbation labelled and ranked as before."""
+    fig = plots.metric_heatmaps(two_perturbations, DIRECTIONS)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == [
+        "infected/A", "infected/B", "infected/C", "stimulated/A", "stimulated/B"]
+    # scgen's r2 ranks 1, 2, 1, 1, 2 (C is A again), e_distance 1 everywhere: 12 / 10 = 1.2
+    # (pooling A and B over the perturbations would give 7 / 6)
+    ranks = plots.mean_ranks(two_perturbations, DIRECTIONS)
+    assert ranks.to_dict() == pytest.approx({"scgen": 1.2, "mean_shift": 1.8})
+    one = metrics.assign(perturbation="stimulated")
+    fig = plots.metric_heatmaps(one, DIRECTIONS)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["A", "B"]
+    assert plots.mean_ranks(one, DIRECTIONS).equals(plots.mean_ranks(metrics, DIRECTIONS))
+    assert plots.by_split(one) is one and not plots.several_perturbations(one)
+
+
 def test_metric_heatmaps_draw_one_panel_per_present_metric(metrics, tmp_path):
     fig = plots.metric_heatmaps(metrics, DIRECTIONS)
     titles = [ax.get_title() for ax in fig.axes if ax.get_visible() and ax.get_title()]
@@ -221,10 +287,10 @@ def test_differing_params_tell_the_entries_of_a_class_apart():
     assert plots.differing_params({"contrastivevi": {"n_hidden": 128}}) == {"contrastivevi": {}}
 
 
-def assert_labels_apart(fig, labels):
+def assert_labels_apart(fig, labels, ax=None):
     renderer = fig.canvas.get_renderer()
     boxes = [plots.text_box(label, renderer) for label in labels]
-    inside = fig.axes[0].get_window_extent(renderer)
+    inside = (ax or fig.axes[0]).get_window_extent(renderer)
     for i, box in enumerate(boxes):
         assert inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1)
         assert not any(box.overlaps(other) for other in boxes[i + 1:]), labels[i].get_text()
@@ -249,4 +315,53 @@ def test_scatter_labels_in_a_dense_cluster_do_not_overlap(tmp_path):
     assert names[:3] == genes[:3] and names == [g for g in genes[:10] if g in names]
     assert len(names) >= 5
     assert_labels_apart(fig, labels)
+    assert_drawn(fig, tmp_path)
+
+
+def test_panel_splits_take_the_panel_group_where_held_out():
+    """Per perturbation, the split of `panel_group` where that group is held out under it, else
+    its first split; the files minus the control cells."""
+    names = ["stimulated/B", "stimulated/NK", "infected/CD4", "infected/B"]
+    files = {name: {"control": f"{name}/control", "truth": f"{name}/truth",
+                    "degs": f"{name}/degs", "predictions": {"scgen": f"{name}/pred"}}
+             for name in names}
+    spec = {"perturbed": ["stimulated", "infected"]}
+    assert list(plots.panel_splits(spec, files)) == ["stimulated/B", "infected/CD4"]
+    chosen = plots.panel_splits({**spec, "panel_group": "NK"}, files)
+    assert list(chosen) == ["stimulated/NK", "infected/CD4"]
+    assert chosen["stimulated/NK"] == {"truth": "stimulated/NK/truth",
+                                       "degs": "stimulated/NK/degs",
+                                       "predictions": {"scgen": "stimulated/NK/pred"}}
+
+
+def test_perturbation_panels(held_out, two_perturbations, tmp_path):
+    """scGen's Figure 3: a row per perturbation, its held-out group's mean scatter with the top
+    DEGs labelled, and a bar (mean over seeds, a dot per seed) for every group held out under it,
+    the scatter's group outlined."""
+    _, truth, pred, degs = held_out
+    panels = {"stimulated": {"group": "B", "pred": pred, "truth": truth, "degs": degs},
+              "infected": {"group": "C", "pred": pred, "truth": truth, "degs": degs}}
+    color = plots.model_colors(MODELS)["scgen"]
+    fig = plots.perturbation_panels(panels, two_perturbations, "scgen", color,
+                                    value="r2_mean_all")
+    assert len(fig.axes) == 4
+    rows = [fig.axes[:2], fig.axes[2:]]
+    assert [scatter.get_title() for scatter, _ in rows] == ["stimulated: B", "infected: C"]
+    for scatter, _ in rows:
+        every, top = scatter.collections
+        assert len(every.get_offsets()) == truth.n_vars and len(top.get_offsets()) == len(degs)
+        labels = [a for a in scatter.texts if isinstance(a, matplotlib.text.Annotation)]
+        names = [a.get_text() for a in labels]
+        assert names[:3] == degs[:3] and names == [g for g in degs[:10] if g in names]
+        assert_labels_apart(fig, labels, scatter)
+        assert "R² top 20 DEGs" in "".join(t.get_text() for t in scatter.texts)
+    (_, stimulated), (_, infected) = rows
+    assert stimulated.get_title() == "stimulated: scgen, every held-out group"
+    assert [t.get_text() for t in stimulated.get_xticklabels()] == ["A", "B"]
+    assert [t.get_text() for t in infected.get_xticklabels()] == ["A", "B", "C"]
+    assert [round(bar.get_height(), 6) for bar in bars(stimulated)] == [0.9, 0.5]
+    assert [round(bar.get_height(), 6) for bar in bars(infected)] == [0.6, 0.2, 0.6]
+    assert points(stimulated) == 4 and points(infected) == 6  # two seeds per group
+    outlined = [bar.get_linewidth() > 0 and bar.get_edgecolor()[3] > 0 for bar in bars(infected)]
+    assert outlined == [False, False, True]
     assert_drawn(fig, tmp_path)

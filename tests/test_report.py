@@ -74,8 +74,8 @@ def fill_results_tree(workdir: Path) -> None:
 
 
 def write_run(run: Path, dataset: str, model: str, group: str, seed: int, value: float) -> None:
-    metrics = {"dataset": dataset, "model": model, "group": group, "seed": seed,
-               "n_pred": 10, "n_truth": 12}
+    metrics = {"dataset": dataset, "model": model, "perturbation": "stimulated", "group": group,
+               "seed": seed, "n_pred": 10, "n_truth": 12}
     metrics |= {m: value if better == "higher" else -value for m, better in METRICS.items()}
     (run / "metrics.json").write_text(json.dumps(metrics))
     prediction = ad.AnnData(np.zeros((2, 3), dtype=np.float32))
@@ -99,7 +99,7 @@ def report(tmp_path_factory) -> dict:
     for name in config["datasets"]:
         (workdir / "results" / name).mkdir(parents=True)
         (workdir / "results" / name / "held_out_groups.json").write_text(
-            json.dumps({"groups": GROUPS}))
+            json.dumps({"splits": GROUPS}))
     fill_results_tree(workdir)
     for name in config["datasets"]:
         for model, values in VALUES.items():
@@ -194,7 +194,7 @@ def test_transfer_table_and_summary_of_the_tree(report):
     assert first["inner_score"] == 0.93
     assert pd.isna(transfer.iloc[1]["tau"])
     empty = (results / "other" / "transfer.csv").read_text()
-    assert empty.strip() == "model,group,seed,method,space,tau,k,alpha,weights"
+    assert empty.strip() == "model,perturbation,group,seed,method,space,tau,k,alpha,weights"
     summary = (results / "pbmc" / "summary.md").read_text()
     assert "## Transfer between groups" in summary
     assert "held out NK" in summary and "CD8T 0.70, CD4T 0.20, B 0.10" in summary

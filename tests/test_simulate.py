@@ -1,12 +1,14 @@
 """The simulation's lineages: same-lineage types look and respond alike, so a held-out type is
-best predicted from the types whose controls resemble it; in independent mode nothing transfers."""
+best predicted from the types whose controls resemble it; in independent mode nothing transfers.
+With more perturbations: "infected" responds alike in every type, "treated" in each its own way."""
 
+import anndata as ad
 import numpy as np
 import pytest
 import scanpy as sc
 
 from pertflow.preprocess import TARGET_SUM
-from pertflow.simulate import simulate
+from pertflow.simulate import PERTURBATIONS, simulate
 from pertflow.utils import write_h5ad
 
 DEFAULT_RUN = {"n_cells": 3000, "n_genes": 1000, "n_cell_types": 6, "seed": 0}  # config.yaml
@@ -174,3 +176,102 @@ def test_independent_mode_is_deterministic_per_seed():
     np.testing.assert_array_equal(a.uns["simulation"]["true_response_lfc"],
                                   b.uns["simulation"]["true_response_lfc"])
     assert (simulate(**kwargs, seed=6).X != a.X).nnz > 0
+
+
+def test_default_is_one_perturbation_as_before():
+    """One perturbation by default, and the numbers of the simulation before n_perturbations (a
+    change in the random stream shows here; numpy's Generator keeps its streams across versions)."""
+    adata = simulate(n_cells=300, n_genes=200, seed=0)
+    assert list(adata.obs["condition"].cat.categories) == ["control", "stimulated"]
+    assert adata.obs["condition"].value_counts().to_dict() == {"control": 159, "stimulated": 141}
+    assert adata.X.nnz == 38722 and adata.X.sum() == 634822
+    truth = adata.uns["simulation"]
+    assert "n_perturbations" not in truth["params"] and "perturbations" not in truth
+    assert "true_response_lfc_by_perturbation" not in truth
+    same = simulate(n_cells=300, n_genes=200, seed=0, n_perturbations=1)
+    assert (same.X != adata.X).nnz == 0 and same.obs.equals(adata.obs)
+    np.testing.assert_array_equal(same.uns["simulation"]["true_response_lfc"],
+                                  truth["true_response_lfc"])
+
+
+@pytest.fixture(scope="module")
+def three_run():
+    adata = simulate(**DEFAULT_RUN, n_perturbations=3)
+    return adata, shifts(adata)
+
+
+def shifts(adata):
+    """Per condition label: per type (in uns order) mean log-normalised expression minus the
+    type's control mean."""
+    adata = adata.copy()
+    sc.pp.normalize_total(adata, target_sum=TARGET_SUM)
+    sc.pp.log1p(adata)
+    X = adata.X.toarray()
+    cell_type, condition = adata.obs["cell_type"].to_numpy(), adata.obs["condition"].to_numpy()
+    types = adata.uns["simulation"]["cell_types"]
+    return {label: np.array([X[(cell_type == t) & (condition == label)].mean(0)
+                             - X[(cell_type == t) & (condition == "control")].mean(0)
+                             for t in types])
+            for label in PERTURBATIONS}
+
+
+def off_diagonal(matrix):
+    return matrix[np.triu_indices(len(matrix), 1)]
+
+
+def test_three_perturbations_labels_cells_and_truth(three_run, lineage_run):
+    adata = three_run[0]
+    assert PERTURBATIONS == ("stimulated", "infected", "treated")
+    assert list(adata.obs["condition"].cat.categories) == ["control", *PERTURBATIONS]
+    per_cell = adata.obs.groupby(["cell_type", "condition"], observed=False).size()
+    assert len(per_cell) == 6 * 4 and per_cell.min() >= 20, per_cell
+    truth = adata.uns["simulation"]
+    assert truth["params"]["n_perturbations"] == 3
+    assert list(truth["perturbations"]) == list(PERTURBATIONS)
+    by_perturbation = truth["true_response_lfc_by_perturbation"]
+    assert list(by_perturbation) == list(PERTURBATIONS)
+    assert all(lfc.shape == (6, adata.n_vars) for lfc in by_perturbation.values())
+    # The stimulated response is that of the one-perturbation run; the others sit on G genes.
+    np.testing.assert_array_equal(by_perturbation["stimulated"], truth["true_response_lfc"])
+    np.testing.assert_array_equal(truth["true_response_lfc"],
+                                  lineage_run[0].uns["simulation"]["true_response_lfc"])
+    infected = set(truth["infected_genes"])
+    assert len(infected) == 60 and all(g.startswith("G") for g in infected)
+    assert not infected & set(truth["ifn_genes"])
+    two = simulate(n_cells=400, n_genes=200, n_perturbations=2)
+    assert list(two.obs["condition"].cat.categories) == ["control", "stimulated", "infected"]
+    assert list(two.uns["simulation"]["true_response_lfc_by_perturbation"]) == \
+        ["stimulated", "infected"]
+
+
+def test_infected_is_shared_and_treated_type_specific(three_run):
+    adata, shift = three_run
+    by_perturbation = adata.uns["simulation"]["true_response_lfc_by_perturbation"]
+    infected = off_diagonal(np.corrcoef(by_perturbation["infected"]))
+    treated = off_diagonal(np.corrcoef(by_perturbation["treated"]))
+    assert infected.min() > 0.9, infected
+    assert abs(treated.mean()) < 0.1 and np.abs(treated).max() < 0.35, treated
+    # In the counts: the mean shift from control correlates across types for infected only.
+    infected = off_diagonal(np.corrcoef(shift["infected"]))
+    treated = off_diagonal(np.corrcoef(shift["treated"]))
+    assert infected.min() > 0.5 and treated.mean() < 0.2, (infected, treated)
+    assert infected.min() > treated.max(), (infected, treated)
+
+
+@pytest.mark.parametrize("n", [0, 4, 1.5, True])
+def test_n_perturbations_out_of_range_is_refused(n):
+    with pytest.raises(ValueError, match=r"n_perturbations must be an integer from 1 to 3 "
+                                         r"\(stimulated, infected, treated\)"):
+        simulate(n_cells=200, n_genes=200, n_perturbations=n)
+
+
+def test_three_perturbations_round_trip(tmp_path):
+    adata = simulate(n_cells=400, n_genes=200, n_cell_types=3, n_perturbations=3)
+    write_h5ad(adata, tmp_path / "sim.h5ad")
+    back = ad.read_h5ad(tmp_path / "sim.h5ad")
+    assert (back.X != adata.X).nnz == 0 and back.obs.equals(adata.obs)
+    truth, read = adata.uns["simulation"], back.uns["simulation"]
+    assert list(read["perturbations"]) == list(PERTURBATIONS)
+    assert list(read["infected_genes"]) == list(truth["infected_genes"])
+    for label, lfc in truth["true_response_lfc_by_perturbation"].items():
+        np.testing.assert_array_equal(read["true_response_lfc_by_perturbation"][label], lfc)

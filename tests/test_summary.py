@@ -1,3 +1,5 @@
+import hashlib
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -14,27 +16,43 @@ from pertflow.metrics import METRICS
 from pertflow.models import get_model_class
 
 
-def make_table(values: dict[str, list[float]], groups=("A", "B"), seeds=(0, 1)) -> pd.DataFrame:
-    """One row per model × group × seed; ``values[model]`` fills every metric, in row order, with
-    e_distance and mmd taken as the negated value so that "better" agrees across metrics."""
+def make_rows(values: dict[str, list[float]], groups=("A", "B"), seeds=(0, 1),
+              perturbation="stimulated") -> list[dict]:
+    """One run's metrics per model × group × seed of one perturbation; ``values[model]`` fills
+    every metric, in row order, with e_distance and mmd taken as the negated value so that
+    "better" agrees across metrics."""
     rows = []
     for model, model_values in values.items():
         runs = [(g, s) for g in groups for s in seeds]
         for (group, seed), value in zip(runs, model_values, strict=True):
-            row = {"dataset": "d", "model": model, "group": group, "seed": seed,
-                   "n_pred": 10, "n_truth": 12}
+            row = {"dataset": "d", "model": model, "perturbation": perturbation, "group": group,
+                   "seed": seed, "n_pred": 10, "n_truth": 12}
             row |= {m: value if d == "higher" else -value for m, d in METRICS.items()}
             rows.append(row)
-    return summary.metrics_table(rows)
+    return rows
+
+
+def make_table(values: dict[str, list[float]], groups=("A", "B"), seeds=(0, 1)) -> pd.DataFrame:
+    """The metrics table of a dataset of one perturbation (``make_rows``)."""
+    return summary.metrics_table(make_rows(values, groups, seeds))
 
 
 def test_metrics_table_orders_columns_and_rows_and_names_what_is_missing():
     table = make_table({"b": [1, 2, 3, 4], "a": [5, 6, 7, 8]})
-    assert list(table.columns) == ["dataset", "model", "group", "seed", *METRICS,
+    assert list(table.columns) == ["dataset", "model", "perturbation", "group", "seed", *METRICS,
                                    "n_pred", "n_truth"]
     assert table["model"].tolist() == ["a"] * 4 + ["b"] * 4
     with pytest.raises(DataError, match="mmd"):
         summary.metrics_table([{k: v for k, v in table.iloc[0].items() if k != "mmd"}])
+    # metrics.json written before datasets had several perturbations: stale, scored again
+    with pytest.raises(DataError, match="perturbation.*delete the stale metrics.json"):
+        summary.metrics_table([{k: v for k, v in table.iloc[0].items() if k != "perturbation"}])
+    # sorted by model, perturbation, group and seed
+    mixed = summary.metrics_table(make_rows({"m": [1, 2]}, seeds=(0,), perturbation="b")
+                                  + make_rows({"m": [3, 4]}, groups=("B", "A"), seeds=(1,),
+                                              perturbation="a"))
+    assert list(zip(mixed["perturbation"], mixed["group"], mixed["seed"])) == [
+        ("a", "A", 1), ("a", "B", 1), ("b", "A", 0), ("b", "B", 0)]
 
 
 def test_mean_interval_is_the_t_interval_and_nan_safe():
@@ -50,7 +68,14 @@ def test_mean_interval_is_the_t_interval_and_nan_safe():
 
 def test_summarise_per_group_over_seeds_and_overall():
     table = make_table({"m": [1, 3, 5, 9]})
-    result = summary.summarise(table).set_index(["group", "metric"])
+    result = summary.summarise(table)
+    assert list(result.columns) == ["model", "perturbation", "group", "metric", "mean", "ci_low",
+                                    "ci_high", "n"]
+    assert set(result["perturbation"]) == {"stimulated"}
+    # per metric (in METRICS' order), each group's rows and then the pooled ones
+    assert result["metric"].tolist()[::3] == list(METRICS)
+    assert result["group"].tolist()[:3] == ["A", "B", summary.ALL_GROUPS]
+    result = result.set_index(["group", "metric"])
     assert set(result.index.unique("metric")) == set(METRICS)
     assert result.loc[("A", "r2_mean_all"), "mean"] == 2
     assert result.loc[("B", "r2_mean_all"), "n"] == 2
@@ -164,16 +189,17 @@ def test_comparisons_take_the_strongest_baseline_of_each_metric():
 # plain average (tau None), and another model does not transfer.
 def transfer_runs() -> list[dict]:
     choices = {"A": {"C": 0.6, "B": 0.35, "D": 0.05}, "B": {"C": 0.2, "A": 0.7, "D": 0.1}}
-    runs = [{"model": "sim", "group": group, "seed": seed,
+    runs = [{"model": "sim", "perturbation": "stimulated", "group": group, "seed": seed,
              "transfer": {"method": "similarity", "space": "genes",
                           "tau": None if (group, seed) == ("A", 1) else 0.1,
                           "alpha": 0.8 if seed == 0 else 0.6, "inner_score": 0.9,
                           "weights": weights}}
             for group, weights in choices.items() for seed in (0, 1)]
-    runs.append({"model": "per", "group": "A", "seed": 0,
+    runs.append({"model": "per", "perturbation": "stimulated", "group": "A", "seed": 0,
                  "transfer": {"method": "per_cell", "space": "pca", "k": 20, "alpha": 1.0,
                               "inner_score": float("nan"), "weights": {"B": 0.5, "C": 0.5}}})
-    return [*runs, {"model": "control", "group": "A", "seed": 0, "transfer": None}]
+    return [*runs, {"model": "control", "perturbation": "stimulated", "group": "A", "seed": 0,
+                    "transfer": None}]
 
 
 def test_read_transfer_reads_what_a_model_records(tmp_path):
@@ -195,6 +221,7 @@ def test_transfer_table_one_row_per_transferring_run(tmp_path):
     table = summary.transfer_table(transfer_runs())
     assert list(table.columns) == [*summary.TRANSFER_COLUMNS[:-1], "inner_score", "weights",
                                    "weight_A", "weight_B", "weight_C", "weight_D"]
+    assert list(table.columns[:4]) == ["model", "perturbation", "group", "seed"]
     assert list(zip(table["model"], table["group"], table["seed"])) == [
         ("per", "A", 0), ("sim", "A", 0), ("sim", "A", 1), ("sim", "B", 0), ("sim", "B", 1)]
     first_sim = table.iloc[1]
@@ -205,8 +232,8 @@ def test_transfer_table_one_row_per_transferring_run(tmp_path):
     table.to_csv(tmp_path / "transfer.csv", index=False)
     read = pd.read_csv(tmp_path / "transfer.csv", dtype={"group": str})
     assert np.isnan(read.loc[2, "tau"]) and read.loc[1, "tau"] == 0.1 and np.isnan(read.loc[1, "k"])
-    none = summary.transfer_table([{"model": "control", "group": "A", "seed": 0,
-                                    "transfer": None}])
+    none = summary.transfer_table([{"model": "control", "perturbation": "stimulated",
+                                    "group": "A", "seed": 0, "transfer": None}])
     none.to_csv(tmp_path / "none.csv", index=False)
     assert (tmp_path / "none.csv").read_text().strip() == ",".join(summary.TRANSFER_COLUMNS)
 
@@ -279,3 +306,183 @@ def test_verdict_rst_renders_winners_differences_and_transfer():
     assert "Every model of this dataset is a baseline." in only_baselines
     assert "Transfer" not in only_baselines
     assert "nothing to compare with" in rendered(verdict.verdict_rst("d", table, []))
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets of one perturbation read as before; several perturbations are judged one by one.
+
+VALUES = {"control": [0, 0, 0, 0], "mean_shift": [1, 2, 1, 2], "new_": [2, 2.5, 2, 3],
+          "other": [0.5, 1, 0.5, 1]}
+BASELINES = ["control", "mean_shift"]
+
+
+def test_one_perturbation_reads_exactly_as_before_perturbations():
+    # SHA-256 of summary.md and verdict.rst as written before runs had a perturbation (same runs,
+    # same transfer choices): a dataset of one perturbation must not change a byte. A deliberate
+    # change of wording updates these.
+    table = make_table(VALUES)
+    transfer = summary.transfer_table(transfer_runs())
+    text = summary.summary_markdown("d_1", table, BASELINES, transfer)
+    rst = verdict.verdict_rst("d_1", table, BASELINES, transfer)
+    assert hashlib.sha256(text.encode()).hexdigest() == \
+        "d17b98bc646675f15b9e04ddb24184598f8e56306bee2939592eb91023a9b1f9", text
+    assert hashlib.sha256(rst.encode()).hexdigest() == \
+        "6f46b21cc20a3a3806ae41225f831eb6c167f85cee537942758e856064f9d499", rst
+    assert "stimulated" not in text + rst and "erturbation" not in text + rst
+    assert [line for line in text.splitlines() if line.startswith("#")] == [
+        "# Summary of dataset d_1", "## Winner per metric", "## Models against the best baseline",
+        "## Transfer between groups"]
+    assert "16 runs: 4 models × 2 held-out groups (A, B) × 2 seeds (0, 1)." in text
+
+
+def two_perturbations() -> pd.DataFrame:
+    """new_ wins every metric under "ifn"; under "tnf" mean_shift wins, and new_ trails it. The
+    runs of both perturbations pooled would make new_ the winner (2.06 against 1.75)."""
+    ifn = make_rows(VALUES, perturbation="ifn")
+    tnf = make_rows({"control": [0, 0, 0, 0], "mean_shift": [2, 2, 2, 2.0],
+                     "new_": [1.5, 2, 1.5, 2], "other": [3, 1, 1, 1]}, perturbation="tnf")
+    return summary.metrics_table(tnf + ifn)
+
+
+def two_perturbation_transfer() -> pd.DataFrame:
+    runs = [run | {"perturbation": perturbation,
+                   "transfer": run["transfer"] and run["transfer"] | {"alpha": alpha}}
+            for perturbation, alpha in (("ifn", 0.25), ("tnf", 0.75))
+            for run in transfer_runs() if perturbation == "ifn" or run["model"] != "per"]
+    return summary.transfer_table(runs)
+
+
+def sections(text: str, marker: str) -> dict[str, str]:
+    """The text of each perturbation's section, by perturbation."""
+    parts = text.split(marker)[1:]
+    return {part.split("\n", 1)[0]: part for part in parts}
+
+
+def test_comparisons_pair_runs_within_a_perturbation():
+    table = two_perturbations()
+    compared = summary.comparisons(table, BASELINES).set_index(["metric", "model"])
+    new = compared.loc[("r2_mean_all", "new_")]
+    # 2 perturbations × 2 groups × 2 seeds: 8 pairs, each within one perturbation
+    assert new["n_pairs"] == 8 and new["n_groups"] == 4
+    wide = table.pivot(index=["perturbation", "group", "seed"], columns="model",
+                       values="r2_mean_all")
+    differences = wide["new_"] - wide[new["best_baseline"]]
+    assert new["difference"] == pytest.approx(differences.mean())
+    assert new["difference_ci_low"] == pytest.approx(
+        summary.mean_interval(differences)["ci_low"])
+    difference = summary.paired_difference(table, "mmd", "new_", "mean_shift")
+    assert difference["n"] == 8
+
+
+def test_summary_markdown_has_a_section_per_perturbation_each_from_its_own_runs():
+    table = two_perturbations()
+    transfer = two_perturbation_transfer()
+    text = summary.summary_markdown("d", table, BASELINES, transfer)
+    assert text.startswith("# Summary of dataset d\n\n32 runs: 4 models × 2 perturbations (ifn, "
+                           "tnf) × 2 held-out groups (A, B) × 2 seeds (0, 1). Baselines: "
+                           "control, mean_shift. Each perturbation is judged on its own runs")
+    parts = sections(text, "\n## Perturbation ")
+    assert list(parts) == ["ifn", "tnf"]
+    ifn, tnf = parts["ifn"], parts["tnf"]
+    assert "16 runs: 4 models × 2 held-out groups (A, B) × 2 seeds (0, 1)." in ifn
+    assert ("**r2_mean_all** (higher is better): **new_** wins with 2.38, best in 2 of 2 held-out "
+            "groups; the best baseline, mean_shift, reaches 1.5: difference 0.875 (95% CI 0.477 "
+            "to 1.27, 4 pairs).") in ifn
+    # Under tnf the baseline wins (2 against new_'s 1.75), whatever the pooled runs say; the
+    # differences pair tnf's runs alone: new_ minus mean_shift is -0.5, 0, -0.5, 0.
+    assert ("**r2_mean_all** (higher is better): **mean_shift** wins with 2, best in 2 of 2 "
+            "held-out groups; it is the best baseline, and the next model, new_, reaches 1.75 "
+            "(0.25 worse): difference -0.25 (95% CI -0.709 to 0.209, 4 pairs), new_ minus "
+            "mean_shift.") in tnf
+    assert "**mmd** (lower is better): **mean_shift** wins with -2" in tnf
+    assert "- **new_** beats the best baseline on 0 of 10 metrics" in tnf
+    assert "- **other** beats the best baseline on 0 of 10 metrics" in tnf
+    # each section reads as the dataset would with that perturbation alone
+    for perturbation, part in parts.items():
+        alone = summary.summary_markdown("d", table[table["perturbation"] == perturbation],
+                                         BASELINES, transfer[transfer["perturbation"]
+                                                             == perturbation])
+        body = part.split("\n\n", 2)[2].replace("### ", "## ")
+        assert alone.split("\n\n", 2)[2] == body.rstrip("\n") + "\n", perturbation
+    # the transfer choices of each perturbation in its own section
+    assert "- **sim**: mean chosen α 0.25 over 4 runs (2 held-out groups)" in ifn
+    assert "- **per**:" in ifn and "- **per**:" not in tnf
+    assert "- **sim**: mean chosen α 0.75 over 4 runs" in tnf
+    # without its perturbation column, a transfer table cannot be split by perturbation
+    with pytest.raises(DataError, match="perturbation"):
+        summary.summary_markdown("d", table, BASELINES, transfer.drop(columns="perturbation"))
+
+
+def test_the_winner_of_each_perturbation_comes_from_its_rows_alone():
+    table = two_perturbations()
+    pooled = summary.comparisons(table, BASELINES).set_index(["metric", "model"])
+    assert pooled.loc[("r2_mean_all", "new_"), "is_winner"]  # over both perturbations
+    text = summary.summary_markdown("d", table, BASELINES)
+    tnf = sections(text, "\n## Perturbation ")["tnf"]
+    winners = [line.split("**")[3] for line in tnf.splitlines() if line.startswith("- **r2")]
+    assert winners == ["mean_shift"] * 4
+
+
+def test_groups_differing_between_perturbations_are_counted_as_splits():
+    rows = make_rows(VALUES, perturbation="ifn") + make_rows(
+        {m: v[:2] for m, v in VALUES.items()}, groups=("A",), perturbation="tnf")
+    table = summary.metrics_table(rows)
+    text = summary.summary_markdown("d", table, BASELINES)
+    assert "24 runs: 4 models × 3 splits (ifn: A, B; tnf: A) × 2 seeds (0, 1)." in text
+    tnf = sections(text, "\n## Perturbation ")["tnf"]
+    assert "8 runs: 4 models × 1 held-out group (A) × 2 seeds (0, 1)." in tnf
+    assert "best in 1 of 1 held-out groups" in tnf and "2 pairs)" in tnf
+    assert "24 runs: 4 models × 3 splits (ifn: A, B; tnf: A) × 2 seeds." in \
+        verdict.verdict_rst("d", table, BASELINES)
+
+
+def test_summarise_pools_the_groups_of_each_perturbation_apart():
+    table = two_perturbations()
+    result = summary.summarise(table)
+    assert list(result.columns[:4]) == ["model", "perturbation", "group", "metric"]
+    first = result[result["metric"] == "r2_mean_all"]
+    assert list(zip(first["perturbation"], first["group"]))[::4] == [
+        ("ifn", "A"), ("ifn", "B"), ("ifn", summary.ALL_GROUPS),
+        ("tnf", "A"), ("tnf", "B"), ("tnf", summary.ALL_GROUPS)]
+    result = result.set_index(["model", "perturbation", "group", "metric"])
+    assert result.loc[("new_", "ifn", summary.ALL_GROUPS, "r2_mean_all"), "mean"] == 2.375
+    assert result.loc[("new_", "tnf", summary.ALL_GROUPS, "r2_mean_all"), "mean"] == 1.75
+    assert result.loc[("new_", "tnf", summary.ALL_GROUPS, "r2_mean_all"), "n"] == 4
+    assert result.loc[("other", "tnf", "A", "r2_mean_all"), "mean"] == 2
+    # no row pools the perturbations
+    assert len(result) == 4 * 2 * 3 * len(METRICS)
+
+
+def test_transfer_table_and_overview_keep_perturbations_apart():
+    transfer = two_perturbation_transfer()
+    assert list(zip(transfer["model"], transfer["perturbation"], transfer["group"],
+                    transfer["seed"]))[:4] == [("per", "ifn", "A", 0), ("sim", "ifn", "A", 0),
+                                               ("sim", "ifn", "A", 1), ("sim", "ifn", "B", 0)]
+    assert transfer["perturbation"].tolist()[5:] == ["tnf"] * 4
+    overview = summary.transfer_overview(transfer).set_index(["model", "perturbation", "group"])
+    assert overview.loc[("sim", "ifn", "A"), "alpha"] == 0.25
+    assert overview.loc[("sim", "tnf", "A"), "alpha"] == 0.75
+    assert overview.loc[("sim", "tnf", "A"), "n_seeds"] == 2
+
+
+def test_verdict_rst_has_a_section_per_perturbation():
+    table = two_perturbations()
+    rst = verdict.verdict_rst("d", table, BASELINES, two_perturbation_transfer())
+    body = rendered(rst)  # "^" below "~" renders without a warning
+    assert "32 runs: 4 models × 2 perturbations (ifn, tnf) × 2 held-out groups × 2 seeds." in rst
+    parts = sections(rst, "\nPerturbation ")
+    assert list(parts) == ["ifn", "tnf"]
+    assert parts["ifn"].splitlines()[1] == "~" * len("Perturbation ifn")
+    assert "\nWinner per metric\n^^^^" in parts["ifn"]
+    assert "   * - r2_mean_all ↑\n     - **new\\_** 2.38\n     - 2 of 2\n     - mean_shift 1.5" \
+        in parts["ifn"]
+    assert "   * - r2_mean_all ↑\n     - **mean_shift** 2\n     - 2 of 2\n     - mean_shift 2\n" \
+        "     - winner is the strongest baseline" in parts["tnf"]
+    assert "\nTransfer between groups\n^^^^" in parts["tnf"]
+    assert "     - 0.75\n" in parts["tnf"] and "     - 0.75\n" not in parts["ifn"]
+    assert "<strong>new_</strong> 2.38" in body and "Perturbation tnf" in body
+    alone = verdict.verdict_rst("d", table[table["perturbation"] == "tnf"], BASELINES)
+    # the section reads as the dataset would with that perturbation alone
+    assert alone.split("Winner per metric")[1].replace("^", "~").rstrip("\n") == \
+        parts["tnf"].split("Winner per metric")[1].split("\nTransfer between groups")[0] \
+        .replace("^", "~").rstrip("\n")

@@ -18,9 +18,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 from pertflow.errors import DataError, DownloadError
-from pertflow.keys import Keys, dataset_keys
+from pertflow.keys import Keys
 from pertflow.preprocess import SYMBOL, check_counts, recover_counts
-from pertflow.splits import choose_held_out_groups
+from pertflow.splits import choose_held_out, labelled_cells, perturbation_labels
 from pertflow.utils import atomic_path, dense
 
 log = logging.getLogger(__name__)
@@ -141,22 +141,24 @@ def standardise(adata: ad.AnnData, spec: dict, name: str) -> ad.AnnData:
             f"dataset '{name}': only one condition ('{present.pop()}') in obs['{condition}']; "
             "the benchmark needs control and perturbed cells. Point `condition_key:` at the "
             "column that holds both, or use a file with both conditions.")
-    for role in ("control", "perturbed"):
-        if spec[role] not in present:
-            raise DataError(
-                f"dataset '{name}': {role} label '{spec[role]}' not found in obs['{condition}'] "
-                f"(values: {', '.join(sorted(present))}). Fix `{role}:` or map it with "
-                f"`rename: labels: {condition}:`.")
-    if spec["control"] == spec["perturbed"]:
-        raise DataError(f"dataset '{name}': control and perturbed labels are both "
-                        f"'{spec['control']}'; they must differ.")
-    adata = adata[adata.obs[condition].isin([spec["control"], spec["perturbed"]]).to_numpy()].copy()
+    if spec["control"] not in present:
+        raise DataError(
+            f"dataset '{name}': control label '{spec['control']}' not found in "
+            f"obs['{condition}'] (values: {', '.join(sorted(present))}). Fix `control:` or map "
+            f"it with `rename: labels: {condition}:`.")
+    perturbations = perturbation_labels(spec["perturbed"], spec["control"], present, condition,
+                                        name)
+    keys = Keys(condition, spec["control"], perturbations[0], group)
+    dropped = sorted(present - {spec["control"], *perturbations})
+    if dropped:
+        log.info("dataset '%s': dropping the cells labelled %s in obs['%s'] (not in "
+                 "`perturbed:`)", name, dropped, condition)
+    adata = adata[labelled_cells(adata, keys, perturbations)].copy()
     adata.obs[condition] = adata.obs[condition].cat.remove_unused_categories()
-    if isinstance(spec.get("held_out"), list):
+    if spec.get("held_out", "all") != "all":
         # Fail before QC on a listed group that is absent or lacks cells; QC only removes cells,
         # so the checkpoint's check after QC is the final word.
-        choose_held_out_groups(adata, dataset_keys(spec), spec["held_out"],
-                               spec["min_cells"], name)
+        choose_held_out(adata, keys, perturbations, spec["held_out"], spec["min_cells"], name)
     if not adata.var_names.is_unique:
         dups = adata.var_names[adata.var_names.duplicated()].unique()[:5].tolist()
         raise DataError(f"dataset '{name}': duplicated gene names in var_names, e.g. {dups}; "

@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass
 
 @dataclass(frozen=True)
 class Keys:
-    """Which obs columns and labels define the experiment."""
+    """Which obs columns and labels define the experiment: ``perturbed`` is the perturbation a
+    split predicts (a dataset with several has one Keys per perturbation)."""
 
     condition: str
     control: str
@@ -18,7 +19,13 @@ class Keys:
         return asdict(self)
 
 
-def dataset_keys(spec: dict) -> Keys:
-    """The keys of a dataset entry of the config (``condition_key``, ``control``, ...)."""
+def dataset_keys(spec: dict, perturbation: str | None = None) -> Keys:
+    """The keys of a dataset entry of the config (``condition_key``, ``control``, ...), for
+    ``perturbation`` (needed when ``perturbed:`` names several; otherwise its one label)."""
+    if perturbation is None:
+        if not isinstance(spec["perturbed"], str) or spec["perturbed"] == "all":
+            raise ValueError("a dataset with several perturbations has keys per perturbation; "
+                             "name one")
+        perturbation = spec["perturbed"]
     return Keys(condition=spec["condition_key"], control=spec["control"],
-                perturbed=spec["perturbed"], group=spec["group_key"])
+                perturbed=perturbation, group=spec["group_key"])

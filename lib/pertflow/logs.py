@@ -3,6 +3,7 @@ the console gets the messages and, for a failure, the error once."""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from contextlib import contextmanager
@@ -12,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from pertflow.errors import PertflowError
+from pertflow.splits import listed_splits
 
 
 @contextmanager
@@ -53,21 +55,36 @@ def _to_log_only(logger: logging.Logger, file_handler: logging.Handler, message:
 def training_time_left(benchmarks: str | Path, planned: dict[str, int],
                        running: tuple[str, str, int]) -> str | None:
     """A line estimating the training time a run has left, from the benchmark files of the
-    trainings already finished (``benchmarks/{model}/{group}/seed{seed}.tsv``): each model's
+    trainings already finished (``benchmarks/{model}/{split}/seed{seed}.tsv``): each model's
     unfinished trainings (``planned`` per model, less the finished ones and the ``running`` one,
     whose file is written after it) times that model's mean seconds so far, or the mean of all
     finished trainings for a model with none yet. None before any training has finished."""
     seconds: dict[str, list[float]] = {}
-    for path in Path(benchmarks).glob("*/*/seed*.tsv"):
-        seconds.setdefault(path.parts[-3], []).append(float(pd.read_csv(path, sep="\t")["s"][0]))
+    for path in Path(benchmarks).rglob("seed*.tsv"):  # {model}/{split: one or two parts}/
+        seconds.setdefault(path.relative_to(benchmarks).parts[0], []).append(
+            float(pd.read_csv(path, sep="\t")["s"][0]))
     if not seconds:
         return None
-    model, group, seed = running
+    model, split, seed = running
     overall = float(np.mean(np.concatenate(list(seconds.values()))))
     left = {name: max(n - len(seconds.get(name, [])) - (name == model), 0)
             for name, n in planned.items()}
     total = sum(n * float(np.mean(seconds.get(name, [overall]))) for name, n in left.items())
     done = sum(map(len, seconds.values())) + 1
-    return (f"{done} of {sum(planned.values())} trainings done (the last: {model}, {group}, "
+    return (f"{done} of {sum(planned.values())} trainings done (the last: {model}, {split}, "
             f"seed {seed}); the {sum(left.values())} left need about {total / 60:.1f} min of "
             "training in all at each model's mean time so far (less with several at once)")
+
+
+def planned_trainings(config: dict, dataset: str, chosen: str | Path) -> dict[str, int] | None:
+    """Trainings per model the run plans for ``dataset``: splits × seeds, the splits listed in
+    the config or, with an `all`, chosen by the checkpoint (its file ``chosen``, written before
+    any training of that plan). None while they are not known."""
+    listed = listed_splits(config["datasets"][dataset], dataset)
+    if listed is not None:
+        n_splits = len(listed)
+    elif Path(chosen).exists():
+        n_splits = len(json.loads(Path(chosen).read_text())["splits"])
+    else:
+        return None
+    return dict.fromkeys(config["models"], n_splits * len(config["seeds"]))

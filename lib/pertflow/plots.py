@@ -1,6 +1,10 @@
-"""Figures: scGen's Figure 2 panels per model and held-out group, metric overviews across models,
-groups and seeds, latent spaces, and cost. Every function returns a matplotlib figure; ``save``
-writes it in each requested format."""
+"""Figures: scGen's Figure 2 panels per model and split, its Figure 3 (one row per perturbation),
+metric overviews across models, splits and seeds, latent spaces, and cost. Every function returns
+a matplotlib figure; ``save`` writes it in each requested format.
+
+A metrics table with a ``perturbation`` column holding several labels (a dataset of several
+perturbations) is drawn per (perturbation, group) split; with one label, or none, exactly as a
+table of groups alone."""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import pandas as pd  # noqa: E402
 
 from pertflow.metrics import r2_of  # noqa: E402
 from pertflow.preprocess import gene_symbols  # noqa: E402
+from pertflow.splits import held_out_of  # noqa: E402
 from pertflow.utils import atomic_path, dense  # noqa: E402
 
 # Colours of the reference populations, shared by the UMAPs and the violins.
@@ -47,11 +52,19 @@ def expression_scatter(pred: ad.AnnData, truth: ad.AnnData, degs: list[str], tit
                        statistic: str = "mean", n_labels: int = 10):
     """Per-gene ``statistic`` (mean or variance over cells) of predicted vs real perturbed cells;
     top DEGs highlighted and the highest-ranked ones labelled (by symbol, see gene_symbols)."""
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    draw_expression_scatter(ax, pred, truth, degs, title, statistic, n_labels)
+    return fig
+
+
+def draw_expression_scatter(ax, pred: ad.AnnData, truth: ad.AnnData, degs: list[str], title: str,
+                            statistic: str = "mean", n_labels: int = 10) -> None:
+    """expression_scatter on the axes ``ax``. Labels are placed in display space: the figure's
+    layout must be final before (no tight or constrained layout afterwards)."""
     genes, names = truth.var_names, gene_symbols(truth)
     x = GENE_STATISTICS[statistic](dense(truth.X), axis=0)
     y = GENE_STATISTICS[statistic](dense(pred[:, genes].X), axis=0)
     top = genes.get_indexer(degs)
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.scatter(x, y, s=4, c="0.6", alpha=0.6, linewidths=0, label="all genes")
     ax.scatter(x[top], y[top], s=8, c="tab:red", linewidths=0, label=f"top {len(top)} DEGs")
     lim = [min(0.0, x.min(), y.min()), max(x.max(), y.max()) * 1.05]
@@ -63,7 +76,6 @@ def expression_scatter(pred: ad.AnnData, truth: ad.AnnData, degs: list[str], tit
     ax.legend(loc="lower right", fontsize=7, frameon=False)
     labelled = top[:n_labels]
     place_labels(ax, x[labelled], y[labelled], [names[i] for i in labelled])
-    return fig
 
 
 # Where a label may go around its point, in points: nearest first, then further out.
@@ -163,12 +175,35 @@ def top_deg_violins(control: ad.AnnData, truth: ad.AnnData, preds: dict[str, ad.
 # Across models, held-out groups and seeds
 
 
-def r2_bars(metrics: pd.DataFrame, value: str, colors: dict[str, tuple]):
-    """Bars: mean over seeds of ``value`` per held-out group (x) and model (hue); dots: seeds."""
+def perturbations_of(metrics: pd.DataFrame) -> list[str]:
+    """The perturbation labels of a metrics table, sorted; none without a ``perturbation``
+    column (a table of one perturbation written before the column existed)."""
+    if "perturbation" not in metrics.columns:
+        return []
+    return sorted(metrics["perturbation"].astype(str).unique())
+
+
+def several_perturbations(metrics: pd.DataFrame) -> bool:
+    """Whether the table holds runs of more than one perturbation."""
+    return len(perturbations_of(metrics)) > 1
+
+
+def by_split(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The table with its ``group`` column naming each split: ``perturbation/group`` when it holds
+    several perturbations (so that one group under two perturbations stays two columns and two
+    rank scores), the table unchanged otherwise."""
+    if not several_perturbations(metrics):
+        return metrics
+    return metrics.assign(group=metrics["perturbation"].astype(str) + "/"
+                          + metrics["group"].astype(str))
+
+
+def draw_r2_bars(ax, metrics: pd.DataFrame, value: str, models: list[str],
+                 colors: dict[str, tuple]) -> None:
+    """On ``ax``: a bar per held-out group (x) and model (hue, each at its place among
+    ``models``) at the mean over seeds of ``value``, a dot per seed."""
     groups = sorted(metrics["group"].unique())
-    models = sorted(metrics["model"].unique())
     width = 0.8 / len(models)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(groups) * max(1, len(models) / 3)), 3.5))
     for m, model in enumerate(models):
         rows = metrics[metrics["model"] == model]
         for g, group in enumerate(groups):
@@ -180,8 +215,28 @@ def r2_bars(metrics: pd.DataFrame, value: str, colors: dict[str, tuple]):
                    label=model if g == 0 else None)
             ax.scatter(np.full(len(values), xpos), values, s=6, c="k", zorder=3)
     ax.set_xticks(range(len(groups)), groups, rotation=30, ha="right")
-    ax.set(ylabel=value, ylim=(min(0.0, metrics[value].min()), 1.0))
-    ax.legend(fontsize=7, frameon=False, bbox_to_anchor=(1.0, 1.0), loc="upper left")
+
+
+def r2_bars(metrics: pd.DataFrame, value: str, colors: dict[str, tuple]):
+    """Bars: mean over seeds of ``value`` per held-out group (x) and model (hue); dots: seeds.
+    With several perturbations, one row of axes per perturbation (titled with it, one y scale),
+    the legend of models on the first."""
+    models = sorted(metrics["model"].unique())
+    ylim = (min(0.0, metrics[value].min()), 1.0)
+    perturbations = perturbations_of(metrics)
+    facets = ({p: metrics[metrics["perturbation"].astype(str) == p] for p in perturbations}
+              if len(perturbations) > 1 else {None: metrics})
+    n_groups = max(rows["group"].nunique() for rows in facets.values())
+    width = max(5.0, 1.1 * n_groups * max(1, len(models) / 3))
+    fig, axes = plt.subplots(len(facets), 1, figsize=(width, 3.5 * len(facets)), squeeze=False)
+    for ax, (perturbation, rows) in zip(axes[:, 0], facets.items()):
+        draw_r2_bars(ax, rows, value, models, colors)
+        ax.set(ylabel=value, ylim=ylim)
+        if perturbation is not None:
+            ax.set_title(perturbation)
+    axes[0, 0].legend(fontsize=7, frameon=False, bbox_to_anchor=(1.0, 1.0), loc="upper left")
+    if len(facets) > 1:
+        fig.tight_layout()
     return fig
 
 
@@ -192,10 +247,11 @@ def present_metrics(metrics: pd.DataFrame, directions: dict[str, str]) -> dict[s
 
 
 def metric_heatmaps(metrics: pd.DataFrame, directions: dict[str, str]):
-    """One heatmap per metric: models (rows) × held-out groups (columns), mean over seeds, the
-    colour scale of each panel oriented so that the better value is always the brighter."""
+    """One heatmap per metric: models (rows) × held-out groups (columns; ``perturbation/group``
+    with several perturbations), mean over seeds, the colour scale of each panel oriented so that
+    the better value is always the brighter."""
     present = present_metrics(metrics, directions)
-    means = metrics.groupby(["model", "group"])[list(present)].mean()
+    means = by_split(metrics).groupby(["model", "group"])[list(present)].mean()
     models, groups = means.index.unique("model"), means.index.unique("group")
     n_cols = min(3, len(present))
     n_rows = -(-len(present) // n_cols)
@@ -224,25 +280,27 @@ def metric_heatmaps(metrics: pd.DataFrame, directions: dict[str, str]):
 
 def mean_ranks(metrics: pd.DataFrame, directions: dict[str, str]) -> pd.Series:
     """Each model's rank (1 = best; ties share the mean rank; a missing value ranks last) on every
-    metric and held-out group, from the mean over seeds, averaged over metrics and groups; sorted
-    best first."""
+    metric and split (held-out group, or perturbation/group with several perturbations), from the
+    mean over seeds, averaged over metrics and splits; sorted best first."""
     present = present_metrics(metrics, directions)
-    means = metrics.groupby(["group", "model"])[list(present)].mean()
+    means = by_split(metrics).groupby(["group", "model"])[list(present)].mean()
     ranks = pd.concat({name: means[name].groupby("group").rank(ascending=way == "lower",
                                                                   na_option="bottom")
                        for name, way in present.items()}, axis=1)
     return ranks.stack().groupby("model").mean().sort_values().rename("mean rank")
 
 
-def ranking_bars(ranks: pd.Series, colors: dict[str, tuple], n_scores: int):
-    """Horizontal bars of the mean rank per model, best on top."""
+def ranking_bars(ranks: pd.Series, colors: dict[str, tuple], n_scores: int,
+                 split: str = "group"):
+    """Horizontal bars of the mean rank per model, best on top; the axis counts the ``n_scores``
+    metric × ``split`` scores averaged."""
     fig, ax = plt.subplots(figsize=(4.5, 0.35 * len(ranks) + 1))
     ax.barh(range(len(ranks)), ranks.to_numpy(), color=[colors[m] for m in ranks.index])
     for i, value in enumerate(ranks.to_numpy()):
         ax.text(value, i, f" {value:.2f}", va="center", fontsize=7)
     ax.set_yticks(range(len(ranks)), ranks.index)
     ax.invert_yaxis()
-    ax.set(xlabel=f"mean rank over {n_scores} metric × group scores (1 = best)",
+    ax.set(xlabel=f"mean rank over {n_scores} metric × {split} scores (1 = best)",
            xlim=(0, ranks.max() * 1.15))
     return fig
 
@@ -265,6 +323,68 @@ def cost_bars(benchmarks: pd.DataFrame, colors: dict[str, tuple]):
         ax.set(ylabel=label, yscale="log")
     fig.tight_layout()
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Several perturbations: scGen's Figure 3
+
+
+def panel_splits(spec: dict, files: dict[str, dict]) -> dict[str, dict]:
+    """Of a dataset's splits ({split name: its files}, as split_files gives them, in order), the
+    one each perturbation's row of perturbation_panels shows: the entry's ``panel_group`` where it
+    is held out under that perturbation, else the perturbation's first held-out group. Returns
+    {split name: its files but the control cells (not drawn)}, perturbations in the order of
+    their first split."""
+    chosen = {}
+    for name in files:
+        held = held_out_of(spec, name)
+        if held.perturbation not in chosen or held.group == spec.get("panel_group"):
+            chosen[held.perturbation] = name
+    return {name: {key: path for key, path in files[name].items() if key != "control"}
+            for name in chosen.values()}
+
+
+def perturbation_panels(panels: dict[str, dict], metrics: pd.DataFrame, model: str,
+                        color: tuple, value: str = "r2_mean_top100", n_labels: int = 10):
+    """scGen's Figure 3, one row per perturbation of ``panels`` ({perturbation: {"group",
+    "pred", "truth", "degs"}}): left, the mean expression scatter of that held-out group
+    (expression_scatter: predicted vs real, top DEGs labelled); right, ``value`` of ``model`` for
+    every held-out group of the perturbation in ``metrics``: bars at the mean over seeds, a dot
+    per seed, the group of the scatter outlined."""
+    rows = metrics[metrics["model"] == model]
+    n_groups = max([1, *(perturbation_rows(rows, p)["group"].nunique() for p in panels)])
+    bars_width = max(3.0, 0.45 * n_groups + 1.2)
+    fig, axes = plt.subplots(len(panels), 2, figsize=(4.5 + bars_width + 1.2, 4.9 * len(panels)),
+                             squeeze=False, gridspec_kw={"width_ratios": [4.5, bars_width]})
+    # The layout is fixed before the scatters place their labels (in display space).
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.1 / len(panels), top=1 - 0.06 / len(panels),
+                        wspace=0.3, hspace=0.45)
+    for (scatter, bars), (perturbation, panel) in zip(axes, panels.items()):
+        group = str(panel["group"])
+        draw_expression_scatter(scatter, panel["pred"], panel["truth"], panel["degs"],
+                                f"{perturbation}: {group}", "mean", n_labels)
+        runs = perturbation_rows(rows, perturbation)
+        groups = sorted(runs["group"].astype(str).unique())
+        for g, name in enumerate(groups):
+            values = runs.loc[runs["group"].astype(str) == name, value].dropna().to_numpy()
+            if len(values) == 0:
+                continue
+            bars.bar(g, values.mean(), 0.7, color=color,
+                     edgecolor="k" if name == group else "none", linewidth=1.2)
+            bars.scatter(np.full(len(values), g), values, s=8, c="k", zorder=3)
+        bars.set_xticks(range(len(groups)), groups, rotation=45, ha="right", fontsize=8)
+        low = runs[value].min() if len(runs) else 0.0
+        bars.set(ylabel=value, ylim=(min(0.0, low), 1.0),
+                 title=f"{perturbation}: {model}, every held-out group")
+    return fig
+
+
+def perturbation_rows(metrics: pd.DataFrame, perturbation: str) -> pd.DataFrame:
+    """The runs of one perturbation (all of them in a table without a ``perturbation``
+    column)."""
+    if "perturbation" not in metrics.columns:
+        return metrics
+    return metrics[metrics["perturbation"].astype(str) == perturbation]
 
 
 # ---------------------------------------------------------------------------------------------

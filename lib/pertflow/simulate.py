@@ -9,12 +9,21 @@ Generative story (log-rate space, then gamma-Poisson counts):
     lineage) and a few smaller response genes specific to each type;
     with ``response_sharing: independent``: each type's response drawn independently of every
     other type's (the interferon-like genes respond in all types, but with each type's own signs
-    and sizes; no lineage programme), so transferring another group's response only hurts.
+    and sizes; no lineage programme), so transferring another group's response only hurts;
+  + with ``n_perturbations: 2`` or 3, further conditions, each with a response of its own on the
+    "G" genes (never the interferon-like ones): "infected", a programme shared by every type (the
+    same genes, similar sign and size everywhere, plus a few small genes of each type's own), and
+    "treated", type-specific (each type responds on its own genes with its own signs, little
+    shared). Cells are spread evenly over control and the perturbations; the extra responses come
+    from a generator of their own, so the "stimulated" truth does not depend on how many there
+    are, and with one perturbation (the default) the data are those of earlier versions.
 Interferon-stimulated genes are low at rest.
 In lineage mode a held-out type responds most like the types whose controls resemble it, so a
 single gene-space shift is not the optimal predictor. A few mitochondrial genes and some damaged
 (high-MT) cells exercise QC. The true per-type log-fold change of the expected expression, the
-lineages and the interferon strengths are stored in ``uns['simulation']``.
+lineages and the interferon strengths are stored in ``uns['simulation']``; with more than one
+perturbation, also the labels (``perturbations``), each one's true log-fold changes
+(``true_response_lfc_by_perturbation``) and the infected programme's genes (``infected_genes``).
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ DEFAULTS = {
     "mean_library_size": 2000.0,
     "dispersion": 0.3,  # gamma-Poisson overdispersion (variance = mu + dispersion * mu^2)
     "damaged_fraction": 0.02,
+    "n_perturbations": 1,  # 1 to 3: "stimulated", then "infected" (shared), "treated" (per type)
     "seed": 0,
 }
 TYPE_NAMES = ["T-helper", "Monocyte", "B", "T-cytotoxic", "NK", "Dendritic", "Megakaryocyte"]
@@ -47,6 +57,9 @@ TYPE_NAMES = ["T-helper", "Monocyte", "B", "T-cytotoxic", "NK", "Dendritic", "Me
 LINEAGE = {"T-helper": "lymphoid", "B": "lymphoid", "T-cytotoxic": "lymphoid", "NK": "lymphoid",
            "Monocyte": "myeloid", "Dendritic": "myeloid", "Megakaryocyte": "myeloid"}
 RESPONSE_SHARING = ("lineage", "independent")
+CONTROL = "control"
+# Condition labels of the perturbations, in order: the first ``n_perturbations`` are simulated.
+PERTURBATIONS = ("stimulated", "infected", "treated")
 
 
 def simulate(**params) -> ad.AnnData:
@@ -61,6 +74,12 @@ def simulate(**params) -> ad.AnnData:
                          f"not {p['response_sharing']!r}")
     if not 2 <= p["n_cell_types"] <= len(TYPE_NAMES):
         raise ValueError(f"n_cell_types must be between 2 and {len(TYPE_NAMES)}")
+    n_pert = p["n_perturbations"]
+    if isinstance(n_pert, bool) or not isinstance(n_pert, (int, np.integer)) \
+            or not 1 <= n_pert <= len(PERTURBATIONS):
+        raise ValueError(f"n_perturbations must be an integer from 1 to {len(PERTURBATIONS)} "
+                         f"({', '.join(PERTURBATIONS)}), not {n_pert!r}")
+    labels = [CONTROL, *PERTURBATIONS[:n_pert]]
     rng = np.random.default_rng(p["seed"])
     n_cells, n_genes, n_types = p["n_cells"], p["n_genes"], p["n_cell_types"]
     types = TYPE_NAMES[:n_types]
@@ -82,7 +101,9 @@ def simulate(**params) -> ad.AnnData:
     proportions = np.sort(np.maximum(proportions, 0.04))[::-1]
     proportions /= proportions.sum()
     cell_type = rng.choice(n_types, size=n_cells, p=proportions)
-    stimulated = rng.random(n_cells) < 0.5
+    # Condition: uniform over control and the perturbations (code 0 is control, j the j-th
+    # perturbation); with one perturbation, stimulated where the draw is below 0.5, as before.
+    condition = n_pert - np.minimum((rng.random(n_cells) * (n_pert + 1)).astype(int), n_pert)
     donor = rng.integers(p["n_donors"], size=n_cells)
 
     base = rng.normal(-9.0, 1.3, size=n_genes)  # log proportion of the library per gene
@@ -138,6 +159,13 @@ def simulate(**params) -> ad.AnnData:
     cycling = rng.random(n_cells) < 0.25  # a proliferating fraction in both conditions
     cc_score = np.where(cycling, rng.uniform(0.6, 1.0, n_cells), rng.uniform(0.0, 0.1, n_cells))
 
+    responses = [response]  # per perturbation, in the order of PERTURBATIONS
+    if n_pert > 1:  # from a generator of their own: the draws above stay those of one perturbation
+        pert_rng = np.random.default_rng(np.random.SeedSequence(p["seed"]).spawn(1)[0])
+        infected, infected_genes = _infected_response(pert_rng, p, n_types, n_genes, other)
+        responses.append(infected)
+        if n_pert > 2:
+            responses.append(_treated_response(pert_rng, p, n_types, n_genes, other))
     damaged = rng.random(n_cells) < p["damaged_fraction"]
     library = rng.lognormal(np.log(p["mean_library_size"]), 0.35, size=n_cells)
     shape = 1.0 / p["dispersion"]
@@ -145,8 +173,9 @@ def simulate(**params) -> ad.AnnData:
     def expected_counts(rows: slice) -> np.ndarray:
         logits = base[None, :] + markers[cell_type[rows]] + donor_effect[donor[rows]]
         logits[:, cc] += cc_score[rows, None] * cc_loading[None, :]
-        stim = stimulated[rows]
-        logits[stim] += response[cell_type[rows][stim]]
+        for code, effect in enumerate(responses, start=1):
+            perturbed = condition[rows] == code
+            logits[perturbed] += effect[cell_type[rows][perturbed]]
         logits[np.ix_(damaged[rows], mt)] += 3.0
         proportion = np.exp(logits - logits.max(axis=1, keepdims=True))
         proportion /= proportion.sum(axis=1, keepdims=True)
@@ -164,15 +193,20 @@ def simulate(**params) -> ad.AnnData:
                         for rows in blocks], format="csr")
     del rates
 
-    # Truth: log-fold change of each type's expected normalised expression under stimulation.
-    true_lfc = np.zeros((n_types, n_genes))
-    for t in range(n_types):
-        ctrl = base + markers[t]
-        stim = ctrl + response[t]
-        true_lfc[t] = (stim - np.log(np.exp(stim).sum())) - (ctrl - np.log(np.exp(ctrl).sum()))
+    # Truth: log-fold change of each type's expected normalised expression under each
+    # perturbation.
+    true_lfcs = []
+    for effect in responses:
+        true_lfc = np.zeros((n_types, n_genes))
+        for t in range(n_types):
+            ctrl = base + markers[t]
+            stim = ctrl + effect[t]
+            true_lfc[t] = (stim - np.log(np.exp(stim).sum())) \
+                - (ctrl - np.log(np.exp(ctrl).sum()))
+        true_lfcs.append(true_lfc.astype(np.float32))
 
     obs = pd.DataFrame({
-        "condition": pd.Categorical(np.where(stimulated, "stimulated", "control")),
+        "condition": pd.Categorical(np.asarray(labels)[condition], categories=labels),
         "cell_type": pd.Categorical(np.asarray(types)[cell_type], categories=types),
         "lineage": pd.Categorical(np.asarray(lineage_names)[lineage[cell_type]],
                                   categories=lineage_names),
@@ -181,13 +215,48 @@ def simulate(**params) -> ad.AnnData:
     }, index=[f"cell{i}" for i in range(n_cells)])
     adata = ad.AnnData(X=counts, obs=obs, var=pd.DataFrame(index=gene_names))
     adata.uns["simulation"] = {
+        # n_perturbations is recorded when above 1 only, so that a default run's truth is the
+        # same as before the parameter existed (read it with .get("n_perturbations", 1)).
         "params": {k: (v if isinstance(v, str) else float(v) if isinstance(v, float) else int(v))
-                   for k, v in p.items()},
+                   for k, v in p.items() if k != "n_perturbations" or v != 1},
         "cell_types": types,
         "lineages": [lineage_names[lin] for lin in lineage],
         "ifn_strength": ifn_strength,
-        "true_response_lfc": true_lfc.astype(np.float32),
+        "true_response_lfc": true_lfcs[0],  # of the first perturbation, "stimulated"
         "ifn_genes": np.asarray(gene_names)[ifn],
         "cell_cycle_genes": np.asarray(gene_names)[cc],
     }
+    if n_pert > 1:
+        adata.uns["simulation"] |= {
+            "perturbations": list(PERTURBATIONS[:n_pert]),
+            "true_response_lfc_by_perturbation": dict(zip(PERTURBATIONS, true_lfcs)),
+            "infected_genes": np.asarray(gene_names)[infected_genes],
+        }
     return adata
+
+
+def _infected_response(rng, p, n_types, n_genes, other):
+    """A programme shared by every type: the same genes (as many as the interferon-like module),
+    signs and rough sizes everywhere, plus a few smaller genes of each type's own. Returns the
+    types × genes log-rate effect and the programme's gene indices (sorted)."""
+    response = np.zeros((n_types, n_genes))
+    n_prog = min(p["n_ifn_genes"], len(other))
+    genes = np.sort(rng.choice(other, size=n_prog, replace=False))
+    effect = rng.choice([-1.0, 1.0], size=n_prog) * rng.uniform(1.0, 2.0, size=n_prog)
+    response[:, genes] = effect * rng.uniform(0.8, 1.25, size=(n_types, n_prog))
+    n_own = min(p["n_specific_response_genes"] // 3, len(other))
+    for t in range(n_types):
+        own = rng.choice(other, size=n_own, replace=False)
+        response[t, own] += rng.choice([-1.0, 1.0], size=n_own) * rng.uniform(0.4, 0.8, n_own)
+    return response, genes
+
+
+def _treated_response(rng, p, n_types, n_genes, other):
+    """Type-specific: each type responds on its own genes (as many as the interferon-like module
+    and the specific genes together) with its own signs and sizes; what is shared is chance."""
+    response = np.zeros((n_types, n_genes))
+    n_own = min(p["n_ifn_genes"] + p["n_specific_response_genes"], len(other))
+    for t in range(n_types):
+        genes = rng.choice(other, size=n_own, replace=False)
+        response[t, genes] = rng.choice([-1.0, 1.0], size=n_own) * rng.uniform(0.8, 2.0, n_own)
+    return response

@@ -1,7 +1,11 @@
 """Tables and plain-words summaries of the tidy metrics table: means with 95% intervals over seeds
 (and over held-out groups), and each model against the best baseline; and the table of the
 transfer choices (settings and per-group weights) that models transferring the training groups'
-responses recorded in their predictions."""
+responses recorded in their predictions.
+
+A run holds out one split, a (perturbation, group) pair. Runs are paired by split and seed, never
+across perturbations; a dataset of several perturbations is summarised per perturbation, and one
+of a single perturbation reads as a dataset always has."""
 
 from __future__ import annotations
 
@@ -16,7 +20,10 @@ from scipy import stats
 from pertflow.errors import DataError
 from pertflow.metrics import METRICS
 
-ID_COLUMNS = ["dataset", "model", "group", "seed"]
+ID_COLUMNS = ["dataset", "model", "perturbation", "group", "seed"]
+# What a run holds out (a split); runs of different models pair on these and the seed.
+SPLIT_COLUMNS = ["perturbation", "group"]
+PAIR_COLUMNS = [*SPLIT_COLUMNS, "seed"]
 COUNT_COLUMNS = ["n_pred", "n_truth"]
 # The `group` of the rows that pool every held-out group.
 ALL_GROUPS = "all groups"
@@ -25,14 +32,27 @@ CONFIDENCE = 0.95
 
 def metrics_table(rows: list[dict]) -> pd.DataFrame:
     """The tidy table: one row per run, identifiers, every metric of ``METRICS`` in order, then
-    cell counts; sorted by model, group and seed."""
+    cell counts; sorted by model, perturbation, group and seed."""
     table = pd.DataFrame(rows)
     columns = [*ID_COLUMNS, *METRICS, *COUNT_COLUMNS]
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise DataError(f"run metrics lack {missing}; delete the stale metrics.json files "
                         "(results/*/runs/*/*/*/metrics.json) so that they are scored again.")
-    return table[columns].sort_values(["model", "group", "seed"]).reset_index(drop=True)
+    return table[columns].sort_values(["model", *PAIR_COLUMNS]).reset_index(drop=True)
+
+
+def perturbations_of(table: pd.DataFrame) -> list[str]:
+    """The perturbations of a metrics (or transfer) table, sorted."""
+    return sorted(table["perturbation"].astype(str).unique())
+
+
+def of_perturbation(table: pd.DataFrame, perturbation: str, what: str = "table") -> pd.DataFrame:
+    """The rows of ``table`` (metrics or transfer choices) of one perturbation."""
+    if "perturbation" not in table.columns:
+        raise DataError(f"the {what} has no perturbation column; delete the stale file "
+                        "(results/*/metrics.csv or transfer.csv) so that it is made again.")
+    return table[table["perturbation"].astype(str) == perturbation]
 
 
 def mean_interval(values: pd.Series, confidence: float = CONFIDENCE) -> pd.Series:
@@ -50,14 +70,17 @@ def mean_interval(values: pd.Series, confidence: float = CONFIDENCE) -> pd.Serie
 
 
 def summarise(table: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataFrame:
-    """Long table (model, group, metric, mean, ci_low, ci_high, n): per model and held-out group
-    over seeds, and per model over every group and seed (group ``ALL_GROUPS``)."""
-    long = table.astype({"group": str}).melt(id_vars=["model", "group", "seed"],
-                                             value_vars=list(METRICS), var_name="metric")
+    """Long table (model, perturbation, group, metric, mean, ci_low, ci_high, n): per model,
+    perturbation and held-out group over seeds, and per model and perturbation over every group
+    of that perturbation and seed (group ``ALL_GROUPS``; perturbations are never pooled). Sorted
+    by metric (as ``METRICS``), perturbation, group (``ALL_GROUPS`` last) and model."""
+    keys = ["model", *SPLIT_COLUMNS]
+    long = table.astype({"perturbation": str, "group": str}).melt(
+        id_vars=[*keys, "seed"], value_vars=list(METRICS), var_name="metric")
     pooled = long.assign(group=ALL_GROUPS)
     parts = []
     for part in (long, pooled):
-        described = (part.groupby(["model", "group", "metric"], sort=False)["value"]
+        described = (part.groupby([*keys, "metric"], sort=False)["value"]
                      .apply(mean_interval, confidence=confidence).unstack())
         parts.append(described.reset_index())
     summary = pd.concat(parts, ignore_index=True)
@@ -65,7 +88,7 @@ def summarise(table: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataFra
     summary["metric"] = pd.Categorical(summary["metric"], categories=list(METRICS), ordered=True)
     groups = [*sorted(long["group"].unique()), ALL_GROUPS]
     summary["group"] = pd.Categorical(summary["group"], categories=groups, ordered=True)
-    summary = summary.sort_values(["metric", "group", "model"]).reset_index(drop=True)
+    summary = summary.sort_values(["metric", *SPLIT_COLUMNS, "model"]).reset_index(drop=True)
     return summary.astype({"metric": str, "group": str})
 
 
@@ -75,9 +98,9 @@ def best(means: pd.Series, direction: str) -> str:
 
 
 def group_wins(values: pd.DataFrame, direction: str) -> pd.DataFrame:
-    """Per row (a held-out group) of ``values`` (groups × models): True for every model whose value
-    equals the row's best (``np.isclose``), so that tied models each win the group; NaN never
-    wins."""
+    """Per row (a split: held-out perturbation and group) of ``values`` (splits × models): True
+    for every model whose value equals the row's best (``np.isclose``), so that tied models each
+    win the split; NaN never wins."""
     top = values.max(axis=1) if direction == "higher" else values.min(axis=1)
     wins = np.isclose(values.to_numpy(float), top.to_numpy(float)[:, None])
     return pd.DataFrame(wins, index=values.index, columns=values.columns) & values.notna()
@@ -85,19 +108,20 @@ def group_wins(values: pd.DataFrame, direction: str) -> pd.DataFrame:
 
 def paired_difference(table: pd.DataFrame, metric: str, model: str, reference: str,
                       confidence: float = CONFIDENCE) -> pd.Series:
-    """``model`` minus ``reference`` on ``metric``, paired by held-out group and seed: mean,
-    t-interval and number of pairs."""
-    wide = table.pivot_table(index=["group", "seed"], columns="model", values=metric,
-                             dropna=False)
+    """``model`` minus ``reference`` on ``metric``, paired by split (perturbation and held-out
+    group) and seed: mean, t-interval and number of pairs."""
+    wide = table.pivot_table(index=PAIR_COLUMNS, columns="model", values=metric, dropna=False)
     return mean_interval(wide[model] - wide[reference], confidence)
 
 
 def comparisons(table: pd.DataFrame, baseline_names: list[str]) -> pd.DataFrame:
-    """Per metric: the winning model over all groups and seeds, the best baseline, and every
-    model's paired difference to that baseline and its number of held-out groups won (a group
-    won in a tie counts for every tied model)."""
+    """Per metric: the winning model over all splits and seeds, the best baseline, and every
+    model's paired difference to that baseline (paired by split and seed) and its number of
+    splits won (``groups_won`` of ``n_groups``; a split won in a tie counts for every tied
+    model). On the rows of one perturbation, as the summaries call it, the splits are its
+    held-out groups."""
     overall = table.groupby("model")[list(METRICS)].mean()
-    per_group = table.groupby(["group", "model"])[list(METRICS)].mean()
+    per_group = table.groupby([*SPLIT_COLUMNS, "model"])[list(METRICS)].mean()
     baselines_present = [m for m in baseline_names if m in overall.index]
     rows = []
     for metric, direction in METRICS.items():
@@ -158,17 +182,36 @@ def metrics_ahead(compared: pd.DataFrame, model: str) -> tuple[pd.DataFrame, pd.
     return rows, rows[rows["beats_baseline"].astype(bool)]
 
 
+def split_counts(table: pd.DataFrame, name_groups: bool = True) -> str:
+    """The splits of a table of several perturbations, in words: ``"2 perturbations (a, b) × 2
+    held-out groups (A, B)"`` when every perturbation holds out the same groups (the groups named
+    when ``name_groups``), else ``"3 splits (a: A, B; b: A)"``."""
+    splits = table[SPLIT_COLUMNS].astype(str).drop_duplicates()
+    perturbations = sorted(splits["perturbation"].unique())
+    groups = sorted(splits["group"].unique())
+    if len(splits) == len(perturbations) * len(groups):
+        named = f" ({', '.join(groups)})" if name_groups else ""
+        return (f"{len(perturbations)} perturbations ({', '.join(perturbations)}) × "
+                f"{len(groups)} held-out groups{named}")
+    held_out = "; ".join(f"{p}: {', '.join(sorted(g))}"
+                         for p, g in splits.groupby("perturbation")["group"])
+    return f"{len(splits)} splits ({held_out})"
+
+
 def summary_markdown(dataset: str, table: pd.DataFrame, baseline_names: list[str],
                      transfer: pd.DataFrame | None = None) -> str:
     """Plain-words Markdown: for every metric, which model wins and by how much against the best
     baseline, with the numbers; then each non-baseline model against the best baseline; then,
     when the ``transfer`` table (``transfer_table``) is given, what each transferring model chose
-    (mean α, the most weighted training groups per held-out group)."""
-    compared = comparisons(table, baseline_names)
+    (mean α, the most weighted training groups per held-out group). A dataset of several
+    perturbations gets all of this per perturbation, each from that perturbation's runs alone."""
+    perturbations = perturbations_of(table)
+    if len(perturbations) > 1:
+        return _several_markdown(dataset, table, baseline_names, transfer, perturbations)
     models = sorted(table["model"].unique())
-    groups = sorted(table["group"].astype(str).unique())
     seeds = sorted(table["seed"].unique())
     baselines_present = [m for m in models if m in baseline_names]
+    groups = sorted(table["group"].astype(str).unique())
     lines = [
         f"# Summary of dataset {dataset}",
         "",
@@ -178,9 +221,50 @@ def summary_markdown(dataset: str, table: pd.DataFrame, baseline_names: list[str
         "group and seed; a difference is a model's value minus the best baseline's, paired by "
         "held-out group and seed, with a 95% t-interval of the mean difference.",
         "",
-        "## Winner per metric",
-        "",
+        *_verdict_markdown(table, baseline_names, "##"),
     ]
+    if transfer is not None:
+        lines += ["", "## Transfer between groups", "", *_transfer_markdown(transfer)]
+    return "\n".join(lines) + "\n"
+
+
+def _several_markdown(dataset: str, table: pd.DataFrame, baseline_names: list[str],
+                      transfer: pd.DataFrame | None, perturbations: list[str]) -> str:
+    """``summary_markdown`` of a dataset of several perturbations: a section per perturbation."""
+    models = sorted(table["model"].unique())
+    seeds = sorted(table["seed"].unique())
+    baselines_present = [m for m in models if m in baseline_names]
+    opening = (f"{len(table)} runs: {len(models)} models × {split_counts(table)} × {len(seeds)} "
+               f"seeds ({', '.join(map(str, seeds))}). Baselines: "
+               f"{', '.join(baselines_present) or 'none'}. Each perturbation is judged on its own "
+               "runs: means are over its held-out groups and seeds; a difference is a model's "
+               "value minus the best baseline's, paired by held-out group and seed, with a 95% "
+               "t-interval of the mean difference.")
+    lines = [f"# Summary of dataset {dataset}", "", opening]
+    for perturbation in perturbations:
+        rows = of_perturbation(table, perturbation)
+        groups = sorted(rows["group"].astype(str).unique())
+        run_seeds = sorted(rows["seed"].unique())
+        n_models = rows["model"].nunique()
+        runs = (f"{len(rows)} runs: {n_models} model{'s' * (n_models != 1)} × {len(groups)} "
+                f"held-out group{'s' * (len(groups) != 1)} ({', '.join(groups)}) × "
+                f"{len(run_seeds)} seed{'s' * (len(run_seeds) != 1)} "
+                f"({', '.join(map(str, run_seeds))}).")
+        lines += ["", f"## Perturbation {perturbation}", "", runs, "",
+                  *_verdict_markdown(rows, baseline_names, "###")]
+        if transfer is not None:
+            chosen = of_perturbation(transfer, perturbation, "transfer table")
+            lines += ["", "### Transfer between groups", "", *_transfer_markdown(chosen)]
+    return "\n".join(lines) + "\n"
+
+
+def _verdict_markdown(table: pd.DataFrame, baseline_names: list[str], level: str) -> list[str]:
+    """The winner of every metric and each non-baseline model against the best baseline, on the
+    runs of ``table``, under headings of ``level`` ("##", "###")."""
+    compared = comparisons(table, baseline_names)
+    models = sorted(table["model"].unique())
+    baselines_present = [m for m in models if m in baseline_names]
+    lines = [f"{level} Winner per metric", ""]
     for metric, rows in compared.groupby("metric", sort=False):
         rows = rows.set_index("model")
         winner = rows.index[rows["is_winner"]][0]
@@ -210,16 +294,14 @@ def summary_markdown(dataset: str, table: pd.DataFrame, baseline_names: list[str
         lines.append(text)
     others = [m for m in models if m not in baselines_present]
     if baselines_present and others:
-        lines += ["", "## Models against the best baseline", ""]
+        lines += ["", f"{level} Models against the best baseline", ""]
         for model in others:
             rows, ahead = metrics_ahead(compared, model)
             lines.append(f"- **{model}** beats the best baseline on {len(ahead)} of {len(rows)} "
                          f"metrics ({', '.join(ahead['metric']) or 'none'}); on "
                          f"{int(ahead['interval_excludes_zero'].sum())} of them the 95% interval "
                          "of the difference excludes zero.")
-    if transfer is not None:
-        lines += ["", "## Transfer between groups", "", *_transfer_markdown(transfer)]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _transfer_markdown(transfer: pd.DataFrame) -> list[str]:
@@ -245,11 +327,12 @@ def _transfer_markdown(transfer: pd.DataFrame) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # Transfer choices: what the models that transfer the training groups' responses chose
 
-# One row per run of a transferring model. Whatever else a choice records (such as the score of
-# the choice on the training groups, `inner_score`) goes between `alpha` and `weights`; numeric
-# per-training-group weights follow, named WEIGHT_PREFIX + group (empty where the group did not
-# train that run).
-TRANSFER_COLUMNS = ["model", "group", "seed", "method", "space", "tau", "k", "alpha", "weights"]
+# One row per run of a transferring model: its model and split (perturbation, held-out group) and
+# seed, then the choice. Whatever else a choice records (such as the score of the choice on the
+# training groups, `inner_score`) goes between `alpha` and `weights`; numeric per-training-group
+# weights follow, named WEIGHT_PREFIX + group (empty where the group did not train that run).
+CHOICE_COLUMNS = ["method", "space", "tau", "k", "alpha"]
+TRANSFER_COLUMNS = ["model", *PAIR_COLUMNS, *CHOICE_COLUMNS, "weights"]
 WEIGHT_PREFIX = "weight_"
 # The key of the score the chosen settings reached on the training groups (older predictions
 # recorded an R²).
@@ -286,12 +369,13 @@ def format_weights(weights: dict[str, float], top: int | None = None) -> str:
 
 
 def transfer_table(runs: Iterable[dict]) -> pd.DataFrame:
-    """The transfer choices of every run: ``runs`` are dicts with model, group (held out), seed
-    and transfer (the decoded choice of ``read_transfer``; None for a model that does not
-    transfer, which gets no row). Columns ``TRANSFER_COLUMNS`` (``tau`` empty for a plain
-    average, ``k`` for per-cell methods only; ``weights`` readable, by decreasing weight), with
-    any other value the choices record (e.g. ``inner_score``) before ``weights``, then the weights
-    again, one numeric column per training group. No run transfers: the header only."""
+    """The transfer choices of every run: ``runs`` are dicts with model, perturbation and group
+    (the split held out), seed and transfer (the decoded choice of ``read_transfer``; None for a
+    model that does not transfer, which gets no row). Columns ``TRANSFER_COLUMNS`` (``tau`` empty
+    for a plain average, ``k`` for per-cell methods only; ``weights`` readable, by decreasing
+    weight), with any other value the choices record (e.g. ``inner_score``) before ``weights``,
+    then the weights again, one numeric column per training group; sorted by model,
+    perturbation, group and seed. No run transfers: the header only."""
     known = set(TRANSFER_COLUMNS)
     rows, extra = [], {}
     for run in runs:
@@ -299,18 +383,19 @@ def transfer_table(runs: Iterable[dict]) -> pd.DataFrame:
         if not choice:
             continue
         weights = {str(g): float(w) for g, w in (choice.get("weights") or {}).items()}
-        row = {"model": run["model"], "group": str(run["group"]), "seed": int(run["seed"])}
+        row = {"model": run["model"], "perturbation": str(run["perturbation"]),
+               "group": str(run["group"]), "seed": int(run["seed"])}
         row |= {key: value for key, value in choice.items()
                 if key not in known and not isinstance(value, dict | list)}
         extra |= dict.fromkeys(key for key in row if key not in known)
-        row |= {key: choice.get(key) for key in TRANSFER_COLUMNS[3:-1]}
+        row |= {key: choice.get(key) for key in CHOICE_COLUMNS}
         row["weights"] = format_weights(weights)
         row |= {WEIGHT_PREFIX + group: weight for group, weight in weights.items()}
         rows.append(row)
     weight_columns = sorted({c for row in rows for c in row if c.startswith(WEIGHT_PREFIX)})
     columns = [*TRANSFER_COLUMNS[:-1], *sorted(extra), "weights", *weight_columns]
     table = pd.DataFrame(rows, columns=columns)
-    return table.sort_values(["model", "group", "seed"]).reset_index(drop=True)
+    return table.sort_values(["model", *PAIR_COLUMNS]).reset_index(drop=True)
 
 
 def transfer_settings(run: pd.Series) -> str:
@@ -328,18 +413,22 @@ def transfer_settings(run: pd.Series) -> str:
 
 
 def transfer_overview(transfer: pd.DataFrame, top: int = 3) -> pd.DataFrame:
-    """Per transferring model and held-out group, over its seeds: the settings chosen (distinct
-    ones joined by "; "), mean α and mean inner score (``INNER_SCORE_KEYS``; NaN where none is
-    recorded), the number of seeds, and the ``top`` training groups by mean weight
-    (``top_weights``, as ``format_weights``; empty when none recorded)."""
-    columns = ["model", "group", "n_seeds", "settings", "alpha", "inner_score", "top_weights"]
+    """Per transferring model and split (perturbation and held-out group), over its seeds: the
+    settings chosen (distinct ones joined by "; "), mean α and mean inner score
+    (``INNER_SCORE_KEYS``; NaN where none is recorded), the number of seeds, and the ``top``
+    training groups by mean weight (``top_weights``, as ``format_weights``; empty when none
+    recorded). A table without a perturbation column (an older one) is taken per held-out
+    group."""
+    keys = ["model", *(c for c in SPLIT_COLUMNS if c in transfer.columns)]
+    columns = [*keys, "n_seeds", "settings", "alpha", "inner_score", "top_weights"]
     weight_columns = [c for c in transfer.columns if c.startswith(WEIGHT_PREFIX)]
     inner = next((key for key in INNER_SCORE_KEYS if key in transfer.columns), None)
     rows = []
-    for (model, group), runs in transfer.groupby(["model", "group"], sort=True):
+    for values, runs in transfer.groupby(keys, sort=True):
         trained = runs[weight_columns].notna().any()
         weights = runs[weight_columns].loc[:, trained].fillna(0).mean()
-        rows.append({"model": model, "group": str(group), "n_seeds": runs["seed"].nunique(),
+        split = {key: str(value) for key, value in zip(keys[1:], values[1:], strict=True)}
+        rows.append({"model": values[0], **split, "n_seeds": runs["seed"].nunique(),
                      "settings": "; ".join(dict.fromkeys(transfer_settings(r)
                                                          for _, r in runs.iterrows())),
                      "alpha": pd.to_numeric(runs["alpha"]).mean(),

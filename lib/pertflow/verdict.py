@@ -2,7 +2,8 @@
 
 The report's front page is ``workflow/report/workflow.rst``, which includes each dataset's
 ``verdict.rst`` (written by ``verdict_rst``) as it is. Its adornments must fit that page: the page
-title is underlined with "=", a dataset's section with "-", its subsections with "~".
+title is underlined with "=", a dataset's section with "-", its subsections with "~". A dataset of
+several perturbations has a "~" subsection per perturbation, with "^" below it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,15 @@ import unicodedata
 import pandas as pd
 
 from pertflow.metrics import METRICS
-from pertflow.summary import comparisons, format_number, metrics_ahead, transfer_overview
+from pertflow.summary import (
+    comparisons,
+    format_number,
+    metrics_ahead,
+    of_perturbation,
+    perturbations_of,
+    split_counts,
+    transfer_overview,
+)
 
 ARROWS = {"higher": "↑", "lower": "↓"}
 
@@ -61,13 +70,15 @@ def verdict_rst(dataset: str, table: pd.DataFrame, baseline_names: list[str],
     mean, the strongest baseline and the winner's paired difference to it; every learned
     (non-baseline) model's paired difference to the strongest baseline on every metric, with its
     95% interval; and, from the ``transfer`` table, the settings and weights each transferring
-    model chose per held-out group."""
-    compared = comparisons(table, baseline_names)
+    model chose per held-out group. A dataset of several perturbations gets all of this per
+    perturbation, each from that perturbation's runs alone."""
+    perturbations = perturbations_of(table)
+    if len(perturbations) > 1:
+        return _several_rst(dataset, table, baseline_names, transfer, perturbations)
     models = sorted(table["model"].unique())
-    groups = sorted(table["group"].astype(str).unique())
     seeds = sorted(table["seed"].unique())
     baselines = [m for m in models if m in baseline_names]
-    learned = [m for m in models if m not in baselines]
+    groups = sorted(table["group"].astype(str).unique())
     lines = [
         *heading(f"Dataset {escape(dataset)}", "-"),
         f"{len(table)} runs: {len(models)} models × {len(groups)} held-out groups × {len(seeds)} "
@@ -76,8 +87,52 @@ def verdict_rst(dataset: str, table: pd.DataFrame, baseline_names: list[str],
         "a difference is a model's value minus the strongest baseline's on that metric, paired by "
         "held-out group and seed, with its 95% t-interval in brackets.",
         "",
-        *heading("Winner per metric", "~"),
+        *_verdict_sections(table, baseline_names, transfer, "~"),
     ]
+    return "\n".join(lines) + "\n"
+
+
+def plural(count: int, noun: str) -> str:
+    """``"1 seed"``, ``"2 seeds"``."""
+    return f"{count} {noun}{'s' * (count != 1)}"
+
+
+def _several_rst(dataset: str, table: pd.DataFrame, baseline_names: list[str],
+                 transfer: pd.DataFrame | None, perturbations: list[str]) -> str:
+    """``verdict_rst`` of a dataset of several perturbations: a "~" subsection per perturbation,
+    its own sections underlined with "^"."""
+    models = sorted(table["model"].unique())
+    baselines = [m for m in models if m in baseline_names]
+    splits = escape(split_counts(table, name_groups=False))
+    opening = (f"{len(table)} runs: {len(models)} models × {splits} × "
+               f"{plural(table['seed'].nunique(), 'seed')}. Baselines: "
+               f"{escape(', '.join(baselines) or 'none')}. Each perturbation is judged on its own "
+               "runs: means are over its held-out groups and seeds (↑ higher is better, ↓ lower "
+               "is better); a difference is a model's value minus the strongest baseline's on "
+               "that metric, paired by held-out group and seed, with its 95% t-interval in "
+               "brackets.")
+    lines = [*heading(f"Dataset {escape(dataset)}", "-"), opening, ""]
+    for perturbation in perturbations:
+        rows = of_perturbation(table, perturbation)
+        runs = (f"{len(rows)} runs: {plural(rows['model'].nunique(), 'model')} × "
+                f"{plural(rows['group'].nunique(), 'held-out group')} × "
+                f"{plural(rows['seed'].nunique(), 'seed')}.")
+        chosen = None if transfer is None else \
+            of_perturbation(transfer, perturbation, "transfer table")
+        lines += [*heading(f"Perturbation {escape(perturbation)}", "~"), runs, "",
+                  *_verdict_sections(rows, baseline_names, chosen, "^")]
+    return "\n".join(lines) + "\n"
+
+
+def _verdict_sections(table: pd.DataFrame, baseline_names: list[str],
+                      transfer: pd.DataFrame | None, char: str) -> list[str]:
+    """The winners, the learned models against the strongest baseline and the transfer choices,
+    on the runs of ``table``, as sections underlined with ``char``."""
+    compared = comparisons(table, baseline_names)
+    models = sorted(table["model"].unique())
+    baselines = [m for m in models if m in baseline_names]
+    learned = [m for m in models if m not in baselines]
+    lines = heading("Winner per metric", char)
     rows = []
     for metric, metric_rows in compared.groupby("metric", sort=False):
         metric_rows = metric_rows.set_index("model")
@@ -96,7 +151,7 @@ def verdict_rst(dataset: str, table: pd.DataFrame, baseline_names: list[str],
     lines += list_table(["metric", "winner: mean", "groups won", "strongest baseline: mean",
                          "winner − strongest baseline"], rows)
 
-    lines += heading("Learned models against the strongest baseline", "~")
+    lines += heading("Learned models against the strongest baseline", char)
     if not baselines:
         lines += ["No baseline among this dataset's models: nothing to compare with.", ""]
     elif not learned:
@@ -121,7 +176,7 @@ def verdict_rst(dataset: str, table: pd.DataFrame, baseline_names: list[str],
         lines += list_table(["metric", "strongest baseline", *map(escape, learned)], rows)
 
     if transfer is not None:
-        lines += heading("Transfer between groups", "~")
+        lines += heading("Transfer between groups", char)
         overview = transfer_overview(transfer)
         if overview.empty:
             lines += ["No model of this dataset transfers the responses of the training "
@@ -138,4 +193,4 @@ def verdict_rst(dataset: str, table: pd.DataFrame, baseline_names: list[str],
                     for _, r in overview.iterrows()]
             lines += list_table(["model", "held out", "settings", "α", "inner score",
                                  "most weighted training groups"], rows)
-    return "\n".join(lines) + "\n"
+    return lines

@@ -2,6 +2,7 @@ import json
 import re
 import os
 import shutil
+from dataclasses import asdict
 
 import yaml
 from snakemake.exceptions import WorkflowError
@@ -22,6 +23,8 @@ except ImportError as error:
         f"that runs Snakemake with `pip install -e {workflow.basedir}` (`make run` does it)."
     ) from error
 from pertflow.data import source_path
+from pertflow.splits import held_out_of as split_named
+from pertflow.splits import listed_splits, names_several
 from pertflow.errors import ConfigError
 from pertflow.keys import dataset_keys
 from pertflow.models import Model, get_model_class
@@ -85,14 +88,16 @@ LATENT_MODELS = [
 LATENT_CLASSES = {}
 for m in LATENT_MODELS:
     LATENT_CLASSES.setdefault(model_entry(config, m)["model"], []).append(m)
-RUN = "results/{dataset}/runs/{model}/{group}/seed{seed}"
-SPLIT = "results/{dataset}/splits/{group}"
+# {split}: the held-out group, or perturbation/group in a dataset of several perturbations
+# (pertflow.splits.HeldOut.name).
+RUN = "results/{dataset}/runs/{model}/{split}/seed{seed}"
+SPLIT = "results/{dataset}/splits/{split}"
 
 
 wildcard_constraints:
     dataset=r"[^/]+",
     model=r"[^/]+",
-    group=r"[^/]+",
+    split=r"[^/]+(?:/[^/]+)?",
     seed=r"\d+",
 
 
@@ -100,10 +105,18 @@ def dataset_spec(wildcards):
     return config["datasets"][wildcards.dataset]
 
 
+def held_out_of(wildcards):
+    """The split of the wildcards (its perturbation and group), as a dict for a script."""
+    return asdict(split_named(dataset_spec(wildcards), wildcards.split))
+
+
 def experiment_keys(wildcards):
-    """The dataset's experiment keys (pertflow.keys.Keys as a dict): scripts get these resolved
+    """The experiment keys (pertflow.keys.Keys as a dict) of the split, or for a rule of the
+    whole dataset, of its first split (whose model its figures load): scripts get these resolved
     instead of re-reading the dataset spec."""
-    return dataset_keys(dataset_spec(wildcards)).as_dict()
+    spec = dataset_spec(wildcards)
+    name = wildcards.get("split") or held_out_splits(wildcards.dataset)[0]
+    return dataset_keys(spec, split_named(spec, name).perturbation).as_dict()
 
 
 def raw_path(wildcards):
@@ -135,15 +148,17 @@ def preprocess_spec(wildcards):
     return {key: spec[key] for key in PREPROCESS_KEYS if key in spec}
 
 
-def held_out_groups(dataset):
-    """The held-out groups: a `held_out:` list as given, known before anything runs, so adding
-    or removing a group adds or removes only that group's jobs; for `all`, the groups with
-    `min_cells` cells, known once the checkpoint has looked at the preprocessed data."""
-    held_out = config["datasets"][dataset]["held_out"]
-    if held_out != "all":
-        return list(held_out)
+def held_out_splits(dataset):
+    """The names of the dataset's splits: listed perturbations and groups as given, known
+    before anything runs, so adding or removing a group adds or removes only its jobs; with an
+    `all`, those with `min_cells` cells, known once the checkpoint has looked at the
+    preprocessed data."""
+    spec = config["datasets"][dataset]
+    listed = listed_splits(spec, dataset)
+    if listed is not None:
+        return [h.name(names_several(spec["perturbed"])) for h in listed]
     with open(checkpoints.held_out_groups.get(dataset=dataset).output[0]) as f:
-        return json.load(f)["groups"]
+        return json.load(f)["splits"]
 
 
 # `device: auto` trains on a GPU when the job sees one; on a GPU host such a job must hold one.
@@ -152,7 +167,7 @@ HOST_HAS_GPU = shutil.which("nvidia-smi") is not None
 
 # Where Snakemake writes each training job's benchmark (seconds, max RSS): plot_cost reads them.
 TRAIN_BENCHMARK = (
-    "results/{dataset}/benchmarks/train_predict/{model}/{group}/seed{seed}.tsv"
+    "results/{dataset}/benchmarks/train_predict/{model}/{split}/seed{seed}.tsv"
 )
 
 
@@ -178,21 +193,21 @@ def gpus(wildcards):
     return max(model_resource("gpu")(wildcards), int(uses_cuda))
 
 
-def group_files(wildcards, models=(), seed=SEEDS[0]):
-    """Per held-out group of the dataset, by name: its split's control, truth and DEG files, and
-    the ``seed`` prediction of each of ``models``, {group: {"control": path, "truth": path,
-    "degs": path, "predictions": {model: path}}}. Scripts look files up by group and model, so
-    no order has to match."""
+def split_files(wildcards, models=(), seed=SEEDS[0]):
+    """Per split of the dataset, by name: its control, truth and DEG files, and the ``seed``
+    prediction of each of ``models``, {split: {"control": path, "truth": path, "degs": path,
+    "predictions": {model: path}}}. Scripts look files up by split and model, so no order has
+    to match."""
     files = {}
-    for group in held_out_groups(wildcards.dataset):
-        split = SPLIT.format(dataset=wildcards.dataset, group=group)
-        files[group] = {
+    for name in held_out_splits(wildcards.dataset):
+        split = SPLIT.format(dataset=wildcards.dataset, split=name)
+        files[name] = {
             "control": f"{split}/control.h5ad",
             "truth": f"{split}/truth.h5ad",
             "degs": f"{split}/degs.csv",
             "predictions": {
                 model: f"{RUN}/prediction.h5ad".format(
-                    dataset=wildcards.dataset, model=model, group=group, seed=seed
+                    dataset=wildcards.dataset, model=model, split=name, seed=seed
                 )
                 for model in models
             },
@@ -201,19 +216,20 @@ def group_files(wildcards, models=(), seed=SEEDS[0]):
 
 
 def run_files(pattern):
-    """Input function: the file ``pattern`` of every run of the dataset (models × held-out
-    groups × seeds) as {path: {"model", "group", "seed"}}, so a script knows each file's run.
-    """
+    """Input function: the file ``pattern`` of every run of the dataset (models × splits ×
+    seeds) as {path: {"model", "perturbation", "group", "seed"}}, so a script knows each file's
+    run."""
 
     def files(wildcards):
+        spec = dataset_spec(wildcards)
         return {
-            pattern.format(dataset=wildcards.dataset, model=m, group=g, seed=s): {
+            pattern.format(dataset=wildcards.dataset, model=m, split=name, seed=s): {
                 "model": m,
-                "group": g,
+                **asdict(split_named(spec, name)),
                 "seed": s,
             }
             for m in MODELS
-            for g in held_out_groups(wildcards.dataset)
+            for name in held_out_splits(wildcards.dataset)
             for s in SEEDS
         }
 
@@ -221,7 +237,7 @@ def run_files(pattern):
 
 
 def paths(mapping):
-    """Every path in a nested mapping of paths (group_files), for a rule's input."""
+    """Every path in a nested mapping of paths (split_files), for a rule's input."""
     found = []
     for value in mapping.values():
         found += paths(value) if isinstance(value, dict) else [value]
@@ -229,12 +245,12 @@ def paths(mapping):
 
 
 def latent_models(wildcards):
-    """{entry: model directory} of the class's entries, each trained with the first held-out
-    group hidden, first seed."""
-    group = held_out_groups(wildcards.dataset)[0]
+    """{entry: model directory} of the class's entries, each trained with the first split
+    hidden, first seed."""
+    split = held_out_splits(wildcards.dataset)[0]
     return {
         m: f"{RUN}/model".format(
-            dataset=wildcards.dataset, model=m, group=group, seed=SEEDS[0]
+            dataset=wildcards.dataset, model=m, split=split, seed=SEEDS[0]
         )
         for m in LATENT_CLASSES[wildcards.cls]
     }
@@ -245,7 +261,7 @@ def run_metrics(wildcards):
         f"{RUN}/metrics.json",
         dataset=wildcards.dataset,
         model=MODELS,
-        group=held_out_groups(wildcards.dataset),
+        split=held_out_splits(wildcards.dataset),
         seed=SEEDS,
     )
 

@@ -23,11 +23,12 @@ rule evaluate:
     log:
         f"{RUN}/evaluate.log",
     benchmark:
-        "results/{dataset}/benchmarks/evaluate/{model}/{group}/seed{seed}.tsv"
+        "results/{dataset}/benchmarks/evaluate/{model}/{split}/seed{seed}.tsv"
     conda:
         "../../envs/evaluate.yaml"
     params:
         experiment_keys=experiment_keys,
+        held_out=held_out_of,
         # Seeds the cell subsampling and PCA of the distance metrics.
         seed=lambda w: int(w.seed),
     script:
@@ -37,7 +38,7 @@ rule evaluate:
 rule aggregate_metrics:
     input:
         metrics=run_metrics,
-        # The checkpoint's check of the held-out groups after QC (and its log of cells per group)
+        # The checkpoint's check of the held-out splits after QC (and its log of cells per group)
         # also for a `held_out:` list, whose jobs do not wait for it.
         groups="results/{dataset}/held_out_groups.json",
     output:
@@ -56,7 +57,7 @@ rule aggregate_metrics:
 
 
 # What the models that transfer the training groups' responses chose, read from each prediction's
-# uns (not its matrix): settings, α and weights per held-out group (header only if none transfers).
+# uns (not its matrix): settings, α and weights per split (header only if none transfers).
 rule collect_transfer:
     input:
         lambda w: list(run_files(f"{RUN}/prediction.h5ad")(w)),
@@ -74,7 +75,7 @@ rule collect_transfer:
     conda:
         "../../envs/evaluate.yaml"
     params:
-        # {prediction path: its model, group and seed}
+        # {prediction path: its model, perturbation, group and seed}
         runs=run_files(f"{RUN}/prediction.h5ad"),
     script:
         "../../scripts/collect_transfer.py"

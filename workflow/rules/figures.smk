@@ -1,5 +1,13 @@
 import re
 
+from pertflow.plots import panel_splits
+
+# Datasets whose `perturbed:` names several perturbations (a list, or all): they get scGen's
+# Figure 3, a row per perturbation (rule plot_perturbations).
+SEVERAL_PERTURBATIONS = [
+    d for d in DATASETS if names_several(config["datasets"][d]["perturbed"])
+]
+
 FIGURE_OUTPUTS = (
     expand(
         "results/{dataset}/figures/{name}.{ext}",
@@ -19,6 +27,12 @@ FIGURE_OUTPUTS = (
         "results/{dataset}/figures/latent/{model}",
         dataset=DATASETS,
         model=LATENT_MODELS,
+    )
+    + expand(
+        "results/{dataset}/figures/perturbations/{model}.{ext}",
+        dataset=SEVERAL_PERTURBATIONS,
+        model=MODELS,
+        ext=["png", "pdf"],
     )
 )
 
@@ -80,31 +94,31 @@ rule plot_metrics:
 
 rule plot_predictions:
     input:
-        lambda w: paths(group_files(w, [w.model])),
+        lambda w: paths(split_files(w, [w.model])),
     output:
         mean=report(
             directory("results/{dataset}/figures/mean_scatter/{model}"),
-            patterns=["{group}.png"],
+            patterns=["{split}.png"],
             caption="../report/mean_scatter.rst",
             category="Mean expression: predicted vs real",
             subcategory="{model}",
-            labels={"model": "{model}", "held-out group": "{group}"},
+            labels={"model": "{model}", "held out": "{split}"},
         ),
         variance=report(
             directory("results/{dataset}/figures/variance_scatter/{model}"),
-            patterns=["{group}.png"],
+            patterns=["{split}.png"],
             caption="../report/variance_scatter.rst",
             category="Expression variance: predicted vs real",
             subcategory="{model}",
-            labels={"model": "{model}", "held-out group": "{group}"},
+            labels={"model": "{model}", "held out": "{split}"},
         ),
         umap=report(
             directory("results/{dataset}/figures/umap/{model}"),
-            patterns=["{group}.png"],
+            patterns=["{split}.png"],
             caption="../report/umap.rst",
             category="UMAP: control, real and predicted cells",
             subcategory="{model}",
-            labels={"model": "{model}", "held-out group": "{group}"},
+            labels={"model": "{model}", "held out": "{split}"},
         ),
     log:
         "results/{dataset}/logs/plot_predictions/{model}.log",
@@ -113,8 +127,8 @@ rule plot_predictions:
     conda:
         "../../envs/figures.yaml"
     params:
-        # {group: {"control", "truth", "degs", "predictions": {model: path}}}
-        files=lambda w: group_files(w, [w.model]),
+        # {split: {"control", "truth", "degs", "predictions": {model: path}}}
+        files=lambda w: split_files(w, [w.model]),
         models=MODELS,
         seed=SEEDS[0],
     script:
@@ -123,14 +137,14 @@ rule plot_predictions:
 
 rule plot_violins:
     input:
-        lambda w: paths(group_files(w, MODELS)),
+        lambda w: paths(split_files(w, MODELS)),
     output:
         report(
             directory("results/{dataset}/figures/violin"),
-            patterns=["{group}.png"],
+            patterns=["{split}.png"],
             caption="../report/violin.rst",
             category="Top DEGs: control, real and predicted",
-            labels={"dataset": "{dataset}", "held-out group": "{group}"},
+            labels={"dataset": "{dataset}", "held out": "{split}"},
         ),
     log:
         "results/{dataset}/logs/plot_violins.log",
@@ -139,8 +153,8 @@ rule plot_violins:
     conda:
         "../../envs/figures.yaml"
     params:
-        # {group: {"control", "truth", "degs", "predictions": {model: path}}}
-        files=lambda w: group_files(w, MODELS),
+        # {split: {"control", "truth", "degs", "predictions": {model: path}}}
+        files=lambda w: split_files(w, MODELS),
         models=MODELS,
         n_genes=3,
     script:
@@ -149,10 +163,10 @@ rule plot_violins:
 
 rule plot_latent:
     input:
-        # The latent of the first held-out group's first-seed model, over all cells.
+        # The latent of the first split's first-seed model, over all cells.
         model=lambda w: expand(
             f"{RUN}/model",
-            group=held_out_groups(w.dataset)[0],
+            split=held_out_splits(w.dataset)[0],
             seed=SEEDS[0],
             allow_missing=True,
         ),
@@ -176,7 +190,9 @@ rule plot_latent:
         experiment_keys=experiment_keys,
         latent_colors=lambda w: dataset_spec(w)["latent_colors"],
         entry=lambda w: training_entry(w.model),
-        group=lambda w: held_out_groups(w.dataset)[0],
+        held_out=lambda w: asdict(
+            split_named(dataset_spec(w), held_out_splits(w.dataset)[0])
+        ),
         seed=SEEDS[0],
     script:
         "../../scripts/plot_latent.py"
@@ -231,7 +247,39 @@ rule plot_cost:
     conda:
         "../../envs/figures.yaml"
     params:
-        # {benchmark path: its model, group and seed}
+        # {benchmark path: its model, perturbation, group and seed}
         runs=run_files(TRAIN_BENCHMARK),
     script:
         "../../scripts/plot_cost.py"
+
+
+rule plot_perturbations:
+    input:
+        metrics="results/{dataset}/metrics.csv",
+        splits=lambda w: paths(panel_splits(dataset_spec(w), split_files(w, [w.model]))),
+    output:
+        png=report(
+            "results/{dataset}/figures/perturbations/{model}.png",
+            caption="../report/perturbations.rst",
+            category="Several perturbations",
+            labels={"dataset": "{dataset}", "model": "{model}"},
+        ),
+        pdf="results/{dataset}/figures/perturbations/{model}.pdf",
+    log:
+        "results/{dataset}/logs/plot_perturbations/{model}.log",
+    benchmark:
+        "results/{dataset}/benchmarks/plot_perturbations/{model}.tsv"
+    conda:
+        "../../envs/figures.yaml"
+    params:
+        # {split: {"truth", "degs", "predictions": {model: path}}}, the split each
+        # perturbation's row shows (the dataset's `panel_group`, else its first held-out group)
+        files=lambda w: panel_splits(dataset_spec(w), split_files(w, [w.model])),
+        # {split: {"perturbation", "group"}}
+        held_out=lambda w: {
+            name: asdict(split_named(dataset_spec(w), name))
+            for name in held_out_splits(w.dataset)
+        },
+        models=MODELS,
+    script:
+        "../../scripts/plot_perturbations.py"

@@ -631,22 +631,21 @@ class ContrastiveVI(TorchModel):
         return np.concatenate(blocks, axis=1)
 
     def _condition_masks(self, adata: ad.AnnData) -> tuple[np.ndarray, np.ndarray]:
+        """Control cells, and target cells: those of any other label (in a dataset of several
+        perturbations every perturbation trains the salient space; the shift uses
+        ``keys.perturbed``'s cells alone)."""
         k = self.keys
         if k.condition not in adata.obs:
             raise DataError(f"obs['{k.condition}'] is missing; it must label each cell "
-                            f"'{k.control}' or '{k.perturbed}'.")
+                            f"'{k.control}' or a perturbation such as '{k.perturbed}'.")
         condition = adata.obs[k.condition].astype(str).to_numpy()
-        is_control, is_perturbed = condition == k.control, condition == k.perturbed
-        other = sorted(set(condition[~(is_control | is_perturbed)]))
-        if other:
-            raise DataError(f"obs['{k.condition}'] has labels {other} besides '{k.control}' and "
-                            f"'{k.perturbed}'; drop those cells or fix `keys:` in the config.")
-        for mask, label in ((is_control, k.control), (is_perturbed, k.perturbed)):
+        is_control = condition == k.control
+        for mask, label in ((is_control, k.control), (condition == k.perturbed, k.perturbed)):
             if not mask.any():
                 raise DataError(f"no cells labelled '{label}' in obs['{k.condition}']; "
                                 "contrastiveVI needs both control and perturbed cells. Check "
                                 "`keys: control/perturbed` in the config against the data.")
-        return is_control, is_perturbed
+        return is_control, ~is_control
 
     def _labels(self, adata: ad.AnnData) -> np.ndarray | None:
         """Each cell's class index in ``classifier_key`` (None without a multi-class
@@ -793,7 +792,8 @@ class ContrastiveVI(TorchModel):
         (``average``), or the training groups' salient responses transferred by similarity or per
         cell (``pertflow.transfer``). Called by ``fit``; call again after changing the param."""
         counts, covariates = self._counts(train), self._covariates(train)
-        _, is_perturbed = self._condition_masks(train)
+        self._condition_masks(train)
+        is_perturbed = (train.obs[self.keys.condition] == self.keys.perturbed).to_numpy()
         self.salient_shift = self._salient_shift(train, counts, covariates, is_perturbed, rng)
         self.responses = self.transfer = None
         if self.params["salient_transfer"] != "average":
