@@ -16,8 +16,9 @@ run: $(BIN)/snakemake
 	$(BIN)/snakemake --profile profiles/default
 	$(BIN)/snakemake --profile profiles/default --report results/report.html
 
+# Both cores: one test module per pytest-xdist worker (a module's fixtures are made once).
 test: $(BIN)/snakemake
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope tests
 
 # The edit-run loop: unit tests only, no model training or workflow runs (under 3 minutes).
 test-fast: $(BIN)/snakemake

@@ -7,12 +7,14 @@ takes more than a few seconds, ``slurm`` needs a SLURM cluster; `make test-fast`
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parents[1]
 KANG = ROOT.parent / "shared" / "data" / "kang2018_scgen_valid.h5ad"
@@ -121,9 +123,46 @@ def run_tiny(workdir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def reference(tmp_path_factory) -> Path:
-    """An uninterrupted run of the tiny config; made once per session, whichever module asks."""
-    workdir = tmp_path_factory.getbasetemp() / "tiny_reference"
-    if not (workdir / TINY_METRICS).exists():
-        workdir.mkdir(exist_ok=True)
-        run_tiny(workdir)
+    """An uninterrupted run of the tiny config; made once per session, whichever module asks,
+    and shared by pytest-xdist's workers (each has a basetemp of its own below the shared one)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    workdir = root / "tiny_reference"
+    with FileLock(f"{workdir}.lock"):
+        if not (workdir / TINY_METRICS).exists():
+            workdir.mkdir(exist_ok=True)
+            run_tiny(workdir)
     return workdir
+
+
+def run(workdir: Path, config: dict, *extra: str, check: bool = True):
+    config_path = workdir / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    # extra first: targets after --configfile would be read as more config files
+    result = subprocess.run([*SNAKEMAKE, *extra, "--directory", str(workdir), "--configfile",
+                             str(config_path)], capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def assert_figures(figures: Path, models: list[str], latent_models: list[str],
+                   groups: list[str], latent_classes: list[str]):
+    """Every figure of a finished run: per model and held-out group, per group, per dataset, and
+    the side-by-side latents of each model class with a latent space."""
+    def drawn(path: Path) -> bool:
+        return path.stat().st_size > 10_000 and path.with_suffix(".pdf").exists()
+
+    for kind in ("mean_scatter", "variance_scatter", "umap"):
+        for model in models:
+            assert sorted(p.stem for p in (figures / kind / model).glob("*.png")) == groups
+            assert all(drawn(figures / kind / model / f"{g}.png") for g in groups), (kind, model)
+    assert all(drawn(figures / "violin" / f"{g}.png") for g in groups)
+    for name in ("r2_mean_top100", "r2_mean_all", "metrics_heatmap", "ranking", "cost"):
+        assert drawn(figures / f"{name}.png"), name
+    for model in latent_models:
+        assert any(drawn(p) for p in (figures / "latent" / model).glob("*.png")), model
+    assert sorted(p.name for p in figures.glob("*_latents.png")) == sorted(
+        f"{cls}_latents.png" for cls in latent_classes)
+    assert all(drawn(figures / f"{cls}_latents.png") for cls in latent_classes)
