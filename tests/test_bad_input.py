@@ -106,7 +106,7 @@ CONFIG_CASES = {
                    ["datasets.sim.min_cells: 'ten' is a string; expected an integer"]),
     "string_for_list": (config_text(with_dataset(held_out="T-helper")),
                         ["datasets.sim.held_out: 'T-helper' is a string; expected 'all' or a "
-                         "list of strings (write a list, e.g. [T-helper])"]),
+                         "list of strings or a mapping (write a list, e.g. [T-helper])"]),
     # qc.min_cells was renamed (a dataset's min_cells is a group's minimum cells).
     "renamed_qc_key": (config_text(with_dataset(qc={"min_cells": 3})),
                        ["config.yaml: datasets.sim.qc.min_cells is now qc.min_cells_per_gene",
@@ -246,7 +246,7 @@ def schema_message(config: dict, files=("run.yaml",)) -> str:
                                  "mean `held_out`? Valid keys here: source, condition_key"),
     ({"condition_col": "x"}, "did you mean `condition_key`?"),
     ({"held_out": "B"}, "datasets.sim.held_out: 'B' is a string; expected 'all' or a list of "
-                        "strings (write a list, e.g. [B])"),
+                        "strings or a mapping (write a list, e.g. [B])"),
     ({"latent_colors": "donor"}, "datasets.sim.latent_colors: 'donor' is a string; expected a "
                                  "list of strings"),
     ({"held_out": []}, "datasets.sim.held_out: [] should be non-empty"),

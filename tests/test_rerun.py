@@ -35,10 +35,10 @@ def snakemake(workdir: Path, config: dict, *options: str) -> str:
 
 
 def planned(log: str) -> Counter:
-    """{(rule, group or None): jobs} a dry run plans."""
+    """{(rule, split or None): jobs} a dry run plans (a one-perturbation split is its group)."""
     jobs = re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):\n(?:    .*\n)*?    wildcards: (.*)$",
                       log, re.M)
-    return Counter((rule, dict(re.findall(r"(\w+)=([^,]+)", w)).get("group")) for rule, w in jobs)
+    return Counter((rule, dict(re.findall(r"(\w+)=([^,]+)", w)).get("split")) for rule, w in jobs)
 
 
 @pytest.fixture(scope="module")

@@ -166,6 +166,30 @@ def test_untrained_network_predicts_control_plus_the_baselines_transfer(held_out
     assert model.transfer == baseline.transfer
 
 
+def test_another_perturbations_cells_train_and_the_splits_own_transfer_predicts(held_out, keys,
+                                                                              caplog):
+    """With a second perturbation label in training, its groups' controls train too (conditioned
+    on their transferred response), while the prediction's transfer stays the split's own."""
+    train, control = held_out
+    train = train.copy()
+    condition = train.obs[keys.condition].astype(str).to_numpy()
+    condition[np.flatnonzero(condition == keys.perturbed)[::2]] = "infected"
+    train.obs[keys.condition] = condition
+    untrained = {**TINY, "epochs": 0}
+    with caplog.at_level("INFO"):
+        model = get_model_class("transformer")(keys).fit(train, untrained, seed=0)
+    one_label = train[train.obs[keys.condition] != "infected"].copy()
+    alone = get_model_class("transformer")(keys).fit(one_label, untrained, seed=0)
+    # The held-out group (the first) has no perturbed training cells: its controls do not train.
+    paired = (train.obs[keys.group] != train.obs[keys.group].cat.categories[0]).to_numpy()
+    n_controls = int(((condition == keys.control) & paired).sum())
+    assert f"{2 * n_controls} training samples (control cells) under stimulated, infected" \
+        in caplog.text
+    np.testing.assert_allclose(dense(model.predict(control).X), dense(alone.predict(control).X),
+                               atol=1e-5)
+    assert model.transfer == alone.transfer
+
+
 def keeps_cell_to_cell_variation(P: np.ndarray, C: np.ndarray) -> list[bool]:
     """Checks that predicted cells P (rows like their control cells C) keep the controls'
     variation: per-gene SDs like the controls' (not near 0); each predicted cell correlates with

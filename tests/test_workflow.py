@@ -40,7 +40,7 @@ def test_default_workflow_produces_metrics_figures_and_report(tmp_path):
     for model, keys in latents.items():
         for key in keys:
             assert (results / "figures" / "latent" / model / f"{key}.png").stat().st_size > 10_000
-    assert list(metrics.columns) == ["dataset", "model", "group", "seed", *METRICS,
+    assert list(metrics.columns) == ["dataset", "model", "perturbation", "group", "seed", *METRICS,
                                      "n_pred", "n_truth"]
     means = metrics.groupby("model")[list(METRICS)].mean()
     for distance in ("e_distance", "mmd"):

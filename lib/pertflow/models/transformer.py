@@ -36,7 +36,10 @@ carried onto g's perturbed cells by 1-D optimal transport (``transport_targets``
 of the cell's own value, so it can be learnt from the cell. (A random perturbed cell of g, the
 target before, is best predicted in MSE by g's perturbed mean whatever the input cell: the
 predictions collapsed to nearly one profile per group.) g's controls' targets have g's perturbed
-means.
+means. In a dataset of several perturbations, every perturbation label of the training cells adds
+such samples (its groups' controls, the response transferred under that label, targets on that
+label's cells): the transferred response is the condition, so other perturbations' cells teach the
+network how cells follow a response; the split's own label's transfer is what predicts.
 scGPT's masked-value pretraining was dropped: on Kang et al. 2018 it changed no score and made
 training slower (bench/README.md).
 """
@@ -274,28 +277,44 @@ class Transformer(TorchModel):
         condition = train.obs[k.condition].to_numpy()
         groups = train.obs[k.group].astype(str).to_numpy()
 
-        # The transfer, chosen on the training groups as the baseline similarity_shift does.
-        r = transfer.group_responses(X, condition, groups, k.control, k.perturbed,
-                                     np.random.default_rng(self.seed))
-        scored = transfer.changed_genes(X, condition, groups, r.names, k.control, k.perturbed,
-                                        p["score_genes"])
-        self.choice = transfer.choose("similarity", r, scored, lambda Z, g: Z.mean(0)[g],
-                                      linear=True)
-        self.transfer = self.choice.record("genes")
-        self.responses = transfer.Responses(r.names, r.control_means, r.shifts, [], [])
-
-        # Training samples: each paired group's control cells, the response the other groups
-        # transfer to that group, and the cells' transport targets on its perturbed cells.
-        responses = left_out_transfers(self.choice, self.responses).astype(np.float32)
-        cells, response_rows, targets = [], [], []
-        for i, name in enumerate(r.names):
-            controls = np.flatnonzero((groups == name) & (condition == k.control))
-            perturbed = np.flatnonzero((groups == name) & (condition == k.perturbed))
-            cells.append(controls)
-            response_rows.append(np.full(controls.size, i))
-            targets.append(transport_targets(X[controls], X[perturbed]))
+        # Per perturbation label of the training cells (the split's first: its choice predicts),
+        # the transfer chosen on the training groups as the baseline similarity_shift does.
+        labels = [k.perturbed] + sorted(set(map(str, condition)) - {k.control, k.perturbed})
+        cells, response_rows, targets, responses, trained = [], [], [], [], []
+        for label in labels:
+            if label != k.perturbed and len(transfer.paired_groups(condition, groups, k.control,
+                                                                    label)) < 2:
+                log.info("transformer: '%s' is paired with controls in fewer than two groups; "
+                         "its cells do not train", label)
+                continue
+            r = transfer.group_responses(X, condition, groups, k.control, label,
+                                         np.random.default_rng(self.seed))
+            scored = transfer.changed_genes(X, condition, groups, r.names, k.control, label,
+                                            p["score_genes"])
+            choice = transfer.choose("similarity", r, scored, lambda Z, g: Z.mean(0)[g],
+                                     linear=True)
+            paired = transfer.Responses(r.names, r.control_means, r.shifts, [], [])
+            if label == k.perturbed:
+                self.choice, self.responses = choice, paired
+                self.transfer = choice.record("genes")
+            # Training samples: each paired group's control cells, the response the other
+            # groups transfer to that group under the label (the network's condition: another
+            # perturbation's cells teach it how cells respond to a given response), and the
+            # cells' transport targets on the group's cells under the label.
+            offset = sum(map(len, responses))
+            responses.append(left_out_transfers(choice, paired).astype(np.float32))
+            for i, name in enumerate(r.names):
+                controls = np.flatnonzero((groups == name) & (condition == k.control))
+                perturbed = np.flatnonzero((groups == name) & (condition == label))
+                cells.append(controls)
+                response_rows.append(np.full(controls.size, offset + i))
+                targets.append(transport_targets(X[controls], X[perturbed]))
+            trained.append(label)
         cells, response_rows = np.concatenate(cells), np.concatenate(response_rows)  # (samples,)
         targets = np.concatenate(targets)                                  # (samples, genes)
+        responses = np.concatenate(responses)               # (paired groups × labels, genes)
+        log.info("transformer: %d training samples (control cells) under %s", cells.size,
+                 ", ".join(trained))
         bins = bin_expression(X, p["n_bins"])                  # sparse, like the cells' zeros
 
         self._build_network()
