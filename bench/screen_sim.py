@@ -2,10 +2,12 @@
 calls vs escapers beside the Mixscape-like baseline, kNN accuracy of perturbation and phase in
 each latent, latent DEGs vs Wilcoxon precision@20 on acting targets.
 
-    .venv/bin/python bench/screen_sim.py [--seeds 0 1] [--n-cells 4000] [--epochs 60]
+    .venv/bin/python bench/screen_sim.py [--seeds 0 1] [--n-cells 4000] [--epochs 60] \
+        [--params '{"classifier_weight": 0}']
 """
 
 import argparse
+import json
 
 from pertflow import screen
 from pertflow import screen_analysis as sa
@@ -14,6 +16,8 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--seeds", type=int, nargs="+", default=[0])
 parser.add_argument("--n-cells", type=int, default=4000)
 parser.add_argument("--epochs", type=int, default=60)
+parser.add_argument("--params", type=json.loads, default={},
+                    help="contrastiveVI params over the screen's (JSON)")
 args = parser.parse_args()
 
 for seed in args.seeds:
@@ -21,7 +25,8 @@ for seed in args.seeds:
     spec = {"perturbation_key": "perturbation", "control": "non-targeting",
             "covariates": ["batch"], "min_cells": 20, "qc": {"min_genes": 50},
             "hvg": {"n_top_genes": 600},
-            "params": {"max_epochs": args.epochs, "kl_warmup_epochs": args.epochs // 3}}
+            "params": {"max_epochs": args.epochs, "kl_warmup_epochs": args.epochs // 3,
+                       **args.params}}
     cells = sa.prepare(raw, spec, "sim", seed=seed)
     model = sa.train(cells, spec, seed)
     out, table, de = sa.analyse(cells, model, spec, seed=seed, n_permutations=500, n_samples=10)
