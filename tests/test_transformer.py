@@ -14,8 +14,7 @@ import torch
 from pertflow import transfer
 from pertflow.models import Model, get_model_class
 from pertflow.models.transformer import (CellTransformer, bin_expression, expressed_first,
-                                         left_out_transfers, pad_batch, training_genes,
-                                         transport_targets)
+                                         left_out_transfers, pad_batch, transport_targets)
 from pertflow.utils import dense
 
 TINY = {"n_layers": 2, "d_model": 32, "n_heads": 2, "n_bins": 11, "max_genes": 64,
@@ -65,7 +64,8 @@ def test_sequence_round_trip_recovers_the_cell():
     and never repeat a gene; the context plus the rest is every gene exactly once."""
     rng = np.random.default_rng(0)
     values = np.array([0.0, 2.0, 0.0, 1.0, 3.0, 0.0, 0.0, 0.5])
-    genes = training_genes(values > 0, max_genes=16, rng=rng)
+    context, rest = expressed_first(values > 0, max_genes=16, rng=rng)
+    genes = np.concatenate([context, rest])
     assert sorted(genes.tolist()) == list(range(values.size))
     bins = dense(bin_expression(values[None, :], n_bins=5))[0]
     rebuilt = np.zeros_like(values)
@@ -74,37 +74,63 @@ def test_sequence_round_trip_recovers_the_cell():
                                   np.argsort(values, kind="stable"))
 
     expressed = rng.random(500) < 0.3
-    genes = training_genes(expressed, max_genes=64, rng=rng)
-    assert genes.size == 64 and np.unique(genes).size == 64
-    assert expressed[genes[:32]].all()
     context, rest = expressed_first(expressed, max_genes=64, rng=rng)
+    assert context.size == 32 and expressed[context].all()
     assert sorted(np.concatenate([context, rest]).tolist()) == list(range(500))
 
 
-def test_padded_positions_are_invisible_to_real_ones():
+def tokens(rng, genes):
+    """(genes, bins, values, response) tensors for gene indices (batch, length)."""
+    return (torch.as_tensor(genes), torch.as_tensor(rng.integers(0, 11, size=genes.shape)),
+            torch.as_tensor(rng.gamma(1.0, size=genes.shape).astype(np.float32)),
+            torch.as_tensor(rng.normal(size=genes.shape).astype(np.float32)))
+
+
+@pytest.fixture
+def net():
     torch.manual_seed(0)
     net = CellTransformer(n_genes=50, n_bins=11, n_layers=2, d_model=32, n_heads=4,
                           dropout=0.0).eval()
     torch.nn.init.normal_(net.change_head[-1].weight)  # it starts at zero: nothing to compare
+    return net
+
+
+def test_padded_context_positions_are_invisible_to_real_ones(net):
     short, long = np.arange(5, 15), np.arange(20, 45)
     genes, pad = pad_batch([short, long])
-    rng = np.random.default_rng(0)
-    bins = rng.integers(0, 11, size=genes.shape)
-    response = rng.normal(size=genes.shape).astype(np.float32)
-    values = rng.gamma(1.0, size=genes.shape).astype(np.float32)
-    to = torch.as_tensor
+    context = tokens(np.random.default_rng(0), genes)
+    queries = tokens(np.random.default_rng(1), np.tile(np.arange(45, 50), (2, 1)))
     with torch.no_grad():
-        pred, cls = net(to(genes), to(bins), to(values), to(response), to(pad))
-        alone, alone_cls = net(to(genes[:1, :10]), to(bins[:1, :10]), to(values[:1, :10]),
-                               to(response[:1, :10]))
+        pred, pred_q, cls = net(context, torch.as_tensor(pad), queries)
+        alone, alone_q, alone_cls = net(tuple(t[:1, :10] for t in context), None,
+                                        tuple(t[:1] for t in queries))
         # Junk in the padded slots must not leak into the real positions.
-        junk = [a.copy() for a in (genes, bins, values, response)]
-        for a, filler in zip(junk, (49, 10, 100.0, 100.0)):
-            a[pad] = filler
-        junk, _ = net(*map(to, junk), to(pad))
+        junk = [t.clone() for t in context]
+        for t, filler in zip(junk, (49, 10, 100.0, 100.0)):
+            t[torch.as_tensor(pad)] = filler
+        junk_pred, junk_q, _ = net(tuple(junk), torch.as_tensor(pad), queries)
     torch.testing.assert_close(pred[0, :10], alone[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(pred_q[0], alone_q[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(cls[0], alone_cls[0], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(junk[~to(pad)], pred[~to(pad)])
+    torch.testing.assert_close(junk_pred[~torch.as_tensor(pad)], pred[~torch.as_tensor(pad)])
+    torch.testing.assert_close(junk_q, pred_q)
+
+
+def test_queries_never_see_each_other(net):
+    """scGPT's generative mask: a query's answer depends on the context and itself only, so any
+    chunking of the queries gives the same answers, and the context's own are unchanged."""
+    rng = np.random.default_rng(0)
+    context = tokens(rng, np.arange(0, 12)[None])
+    queries = tokens(rng, np.arange(12, 50)[None])
+    with torch.no_grad():
+        pred, all_q, _ = net(context, None, queries)
+        parts = [net(context, None, tuple(t[:, a:b] for t in queries))
+                 for a, b in ((0, 1), (1, 20), (20, 38))]
+        alone, none_q, _ = net(context, None)
+    torch.testing.assert_close(torch.cat([q for _, q, _ in parts], dim=1), all_q,
+                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(alone, pred)
+    assert none_q is None
 
 
 def test_transport_targets_carry_each_cell_onto_the_perturbed_distribution():

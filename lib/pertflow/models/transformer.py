@@ -24,10 +24,14 @@ does not change them; the level is the value itself, which the change depends on
 positional embedding: the gene identity is the position.
 
 Sequences. A cell with more than ``max_genes`` genes is represented by a random subset: up to
-half the slots hold genes the cell expresses (they say what the cell is; most genes of a
-droplet cell are zero) and the rest is a uniform draw of its remaining genes (mostly zeros, which
-is where a perturbation switches genes on). Prediction covers every gene: the expressed context is
-kept and the remaining genes are queried in chunks beside it.
+half the slots hold genes the cell expresses, the context (they say what the cell is; most genes
+of a droplet cell are zero), and the rest is a uniform draw of its remaining genes, the queries
+(mostly zeros, which is where a perturbation switches genes on). Attention follows scGPT's
+generative mask: the context and ``<cls>`` attend among themselves, each query to them and to
+itself only. Queries never see each other, so prediction answers every remaining gene of a cell
+beside its one context (in chunks only to bound memory), each gene once; with full attention
+every chunk of queries needed the context recomputed beside it, two thirds of the prediction's
+time on Kang (bench/README.md).
 
 Training. A control cell of a training group g, given the response transferred to g from the
 *other* groups (as a held-out group gets it from all of them, so the network never learns to copy
@@ -65,6 +69,9 @@ from pertflow.models.torch_base import TorchModel
 from pertflow.utils import dense
 
 log = logging.getLogger(__name__)
+# Queries answered beside one batch of contexts at a time: bounds the attention weights' memory
+# (batch × heads × QUERY_CHUNK × context floats).
+QUERY_CHUNK = 2048
 
 # ----------------------------------------------------------------------------- tokenisation
 
@@ -95,12 +102,6 @@ def expressed_first(expressed: np.ndarray, max_genes: int, rng: np.random.Genera
     context = on[: max_genes // 2]
     rest = order[~np.isin(order, context)]
     return context, rest
-
-
-def training_genes(expressed: np.ndarray, max_genes: int, rng: np.random.Generator) -> np.ndarray:
-    """Gene indices of one training sequence: every gene if they fit, else expressed-first."""
-    context, rest = expressed_first(expressed, max_genes, rng)
-    return np.concatenate([context, rest[: max_genes - context.size]])
 
 
 def pad_batch(sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -168,15 +169,35 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(),
                                  nn.Linear(4 * d_model, d_model), nn.Dropout(dropout))
 
-    def forward(self, x: torch.Tensor, attend: torch.Tensor | None) -> torch.Tensor:
+    def _qkv(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, width = x.shape
-        q, k, v = (self.qkv(self.ln_attn(x))
-                   .view(batch, length, 3, self.n_heads, width // self.n_heads)
-                   .permute(2, 0, 3, 1, 4))  # each (batch, heads, length, head_dim)
-        # No dropout on the attention weights: it would push CPUs off the fused kernel.
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attend)
-        x = x + self.attn_out(y.transpose(1, 2).reshape(batch, length, width))
+        qkv = self.qkv(self.ln_attn(x)).view(batch, length, 3, self.n_heads, -1)
+        return qkv.permute(2, 0, 3, 1, 4)  # (3, batch, heads, length, head_dim)
+
+    def _update(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn_out(y.transpose(1, 2).reshape(x.shape))
         return x + self.mlp(self.ln_mlp(x))
+
+    def forward(self, x: torch.Tensor, attend: torch.Tensor | None,
+                queries: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x: the context (batch, context, width), attending among itself (``attend``: keys
+        kept, (batch, 1, 1, context)); queries: (batch, n, width), each attending to the context
+        and to itself only, so that queries never see each other (scGPT's generative attention
+        mask) and any number of them can be answered beside one context."""
+        q, k, v = self._qkv(x)
+        # No dropout on the attention weights: it would push CPUs off the fused kernel.
+        context = self._update(x, F.scaled_dot_product_attention(q, k, v, attn_mask=attend))
+        if queries is None:
+            return context, None
+        qq, kq, vq = self._qkv(queries)
+        scale = qq.shape[-1] ** -0.5
+        logits = qq @ k.transpose(-1, -2) * scale                   # (batch, heads, n, context)
+        if attend is not None:
+            logits = logits.masked_fill(~attend, float("-inf"))
+        own = (qq * kq).sum(-1, keepdim=True) * scale               # (batch, heads, n, 1)
+        weights = torch.softmax(torch.cat([logits, own], dim=-1), dim=-1)
+        y = weights[..., :-1] @ v + weights[..., -1:] * vq
+        return context, self._update(queries, y)
 
 
 class CellTransformer(nn.Module):
@@ -198,28 +219,38 @@ class CellTransformer(nn.Module):
         nn.init.zeros_(self.change_head[-1].weight)
         nn.init.zeros_(self.change_head[-1].bias)
 
-    def forward(self, genes: torch.Tensor, bins: torch.Tensor, values: torch.Tensor,
-                response: torch.Tensor, pad: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed_tokens(self, genes: torch.Tensor, bins: torch.Tensor, values: torch.Tensor,
+                     response: torch.Tensor) -> torch.Tensor:
         """genes, bins: (batch, length) ints; values, response: (batch, length) floats, the
-        cell's expression and the transferred response at ``genes``; pad: (batch, length),
-        True = pad.
+        cell's expression and the transferred response at ``genes`` → (batch, length, d_model)."""
+        return (self.gene_embedding(genes) + self.value_embedding(bins)
+                + self.level_embedding(values[..., None])
+                + self.response_embedding(response[..., None]))
 
-        Returns the predicted change beyond the response (batch, length) and the ``<cls>``
-        state (batch, d_model)."""
-        tokens = (self.gene_embedding(genes) + self.value_embedding(bins)
-                  + self.level_embedding(values[..., None])
-                  + self.response_embedding(response[..., None]))
-        x = torch.cat([self.cls.expand(genes.shape[0], 1, -1), tokens], dim=1)
+    def forward(self, context: tuple, pad: torch.Tensor | None = None,
+                queries: tuple | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """context, queries: (genes, bins, values, response) for ``embed_tokens``; pad: the
+        context's padding, (batch, context), True = pad (padded queries are computed and
+        ignored). The context's tokens and ``<cls>`` attend among themselves; each query to
+        them and to itself.
+
+        Returns the predicted change beyond the response at the context's genes (batch,
+        context) and at the queries' (batch, n) or None, and the ``<cls>`` state (batch,
+        d_model)."""
+        tokens = self.embed_tokens(*context)
+        x = torch.cat([self.cls.expand(tokens.shape[0], 1, -1), tokens], dim=1)
+        q = None if queries is None else self.embed_tokens(*queries)
         attend = None
         if pad is not None and pad.any():
-            # No query may attend to a padded key; the <cls> key is never padded.
+            # No token may attend to a padded key; the <cls> key is never padded.
             keep = torch.cat([torch.zeros_like(pad[:, :1]), pad], dim=1).logical_not()
             attend = keep[:, None, None, :]
         for block in self.blocks:
-            x = block(x, attend)
+            x, q = block(x, attend, q)
         x = self.ln_final(x)
-        return self.change_head(x[:, 1:]).squeeze(-1), x[:, 0]
+        change_q = None if q is None else self.change_head(self.ln_final(q)).squeeze(-1)
+        return self.change_head(x[:, 1:]).squeeze(-1), change_q, x[:, 0]
 
 
 # ----------------------------------------------------------------------------- model
@@ -331,11 +362,21 @@ class Transformer(TorchModel):
             for start in range(0, order.size, p["batch_size"]):
                 batch = order[start: start + p["batch_size"]]                  # samples
                 x = X[cells[batch]]                                            # (B, genes)
-                genes = np.stack([training_genes(row > 0, p["max_genes"], rng) for row in x])
-                at = lambda a: np.take_along_axis(a, genes, axis=1)  # noqa: E731  (B, L)
-                pred = self._forward(genes, at(dense(bins[cells[batch]])), at(x),
-                                     at(responses[response_rows[batch]]))[0]
-                loss = F.mse_loss(pred, torch.from_numpy(at(targets[batch])).to(self.device))
+                # Up to half the slots for expressed genes (context), the rest queried.
+                context, queries = [], []
+                for row in x:
+                    expressed, rest = expressed_first(row > 0, p["max_genes"], rng)
+                    context.append(expressed)
+                    queries.append(rest[: p["max_genes"] - expressed.size])
+                parts, _ = self._forward(x, dense(bins[cells[batch]]),
+                                         responses[response_rows[batch]], context, queries)
+                pred, target = [], []
+                for genes, pad, values in parts:
+                    real = torch.as_tensor(~pad, device=self.device)
+                    pred.append(values[real])
+                    target.append(torch.as_tensor(np.take_along_axis(targets[batch], genes, 1),
+                                                  device=self.device)[real])
+                loss = F.mse_loss(torch.cat(pred), torch.cat(target))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
@@ -351,16 +392,29 @@ class Transformer(TorchModel):
         self.net = CellTransformer(len(self.genes), p["n_bins"], p["n_layers"], p["d_model"],
                                    p["n_heads"], p["dropout"]).to(self.device)
 
-    def _forward(self, genes, bins, values, response, pad=None):
-        """Numpy (batch, length) inputs → the perturbed state values + response + change at
-        ``genes``, and the ``<cls>`` states, as float32 tensors."""
-        genes, bins, values, response = (torch.as_tensor(a).to(self.device)
-                                         for a in (genes, bins, values, response))
-        pad = None if pad is None else torch.as_tensor(pad).to(self.device)
+    def _tokens(self, sequences: list[np.ndarray], X, bins, response):
+        """Per cell (rows of the numpy X, bins, response: cells × genes), its gene indices →
+        padded (genes, pad) numpy arrays and the (genes, bins, values, response) tensors."""
+        genes, pad = pad_batch(sequences)
+        at = lambda a: np.take_along_axis(a, genes, axis=1)  # noqa: E731  (batch, length)
+        return genes, pad, tuple(torch.as_tensor(a).to(self.device)
+                                 for a in (genes, at(bins), at(X), at(response)))
+
+    def _forward(self, X, bins, response, context, queries=None):
+        """A batch of cells (rows of X, bins, response) with, per cell, its context's and its
+        queries' gene indices → [(genes, pad, predicted perturbed values = values + response +
+        change)] for the context and the queries (numpy indices, float32 tensor values), and the
+        ``<cls>`` states."""
+        genes, pad, tokens = self._tokens(context, X, bins, response)
+        asked = None if queries is None else self._tokens(queries, X, bins, response)
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
                             enabled=self.device.type == "cuda"):
-            change, cls = self.net(genes, bins, values, response, pad)
-        return values + response + change.float(), cls.float()
+            change, change_q, cls = self.net(tokens, torch.as_tensor(pad).to(self.device),
+                                             None if asked is None else asked[2])
+        parts = [(genes, pad, tokens[2] + tokens[3] + change.float())]
+        if asked is not None:
+            parts.append((asked[0], asked[1], asked[2][2] + asked[2][3] + change_q.float()))
+        return parts, cls.float()
 
     # -- inference ------------------------------------------------------------------------
 
@@ -378,28 +432,20 @@ class Transformer(TorchModel):
         self.transfer = self.choice.record("genes", weights)
         response = delta[0].astype(np.float32)                                   # (genes,)
         bins = dense(bin_expression(X, p["n_bins"]))
-        pred_sum = np.zeros(X.shape, dtype=np.float64)
-        pred_count = np.zeros(X.shape, dtype=np.int64)
+        X_pred = np.zeros_like(X)
         for first in range(0, X.shape[0], p["batch_size"]):
-            sequences, owners = [], []
-            for cell in range(first, min(first + p["batch_size"], X.shape[0])):
-                context, rest = expressed_first(X[cell] > 0, p["max_genes"], rng)
-                step = p["max_genes"] - context.size
-                for start in range(0, max(rest.size, 1), step):
-                    sequences.append(np.concatenate([context, rest[start: start + step]]))
-                    owners.append(cell)
-            owners = np.asarray(owners)
-            for start in range(0, len(sequences), p["batch_size"]):
-                cells = owners[start: start + p["batch_size"]]
-                genes, pad = pad_batch(sequences[start: start + p["batch_size"]])
-                at = lambda a: np.take_along_axis(a, genes, axis=1)  # noqa: E731
-                pred = self._forward(genes, at(bins[cells]), at(X[cells]), response[genes],
-                                     pad)[0].cpu().numpy()
-                rows, real = np.broadcast_to(cells[:, None], genes.shape), ~pad
-                np.add.at(pred_sum, (rows[real], genes[real]), pred[real])
-                np.add.at(pred_count, (rows[real], genes[real]), 1)
-        # Context genes are predicted in every chunk: average them. Expression is non-negative.
-        X_pred = np.maximum(pred_sum / pred_count, 0.0).astype(np.float32)
+            rows = np.arange(first, min(first + p["batch_size"], X.shape[0]))
+            context, rest = zip(*(expressed_first(X[r] > 0, p["max_genes"], rng) for r in rows))
+            responses = np.broadcast_to(response, (rows.size, X.shape[1]))
+            # The queries never see each other: every gene is answered once, in any chunks.
+            for start in range(0, max(max(r.size for r in rest), 1), QUERY_CHUNK):
+                chunk = [r[start: start + QUERY_CHUNK] for r in rest]
+                parts, _ = self._forward(X[rows], bins[rows], responses, context, chunk)
+                for genes, pad, values in parts[start > 0:]:  # the context in the first chunk
+                    real = ~pad
+                    X_pred[np.broadcast_to(rows[:, None], genes.shape)[real], genes[real]] = \
+                        values.cpu().numpy()[real]
+        X_pred = np.maximum(X_pred, 0.0)  # expression is non-negative
         return self._prediction(control_cells, X_pred)
 
     @torch.no_grad()
@@ -415,10 +461,8 @@ class Transformer(TorchModel):
         out = []
         for start in range(0, X.shape[0], p["batch_size"]):
             rows = np.arange(start, min(start + p["batch_size"], X.shape[0]))
-            genes = np.stack([training_genes(X[r] > 0, p["max_genes"], rng) for r in rows])
-            at = lambda a: np.take_along_axis(a, genes, axis=1)  # noqa: E731
-            cls = self._forward(genes, at(bins[rows]), at(X[rows]),
-                                np.zeros(genes.shape, dtype=np.float32))[1]
+            context = [expressed_first(X[r] > 0, p["max_genes"], rng)[0] for r in rows]
+            cls = self._forward(X[rows], bins[rows], np.zeros_like(X[rows]), context)[1]
             out.append(cls.cpu().numpy())
         return {"X_transformer": np.concatenate(out)}
 
