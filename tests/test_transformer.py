@@ -95,42 +95,50 @@ def net():
     return net
 
 
+def run(net, context, pad=None, queries=None):
+    """(change at the context, change at the queries or None, <cls>)."""
+    change, cls, encoded = net.encode(context, pad)
+    return change, None if queries is None else net.answer(queries, encoded), cls
+
+
 def test_padded_context_positions_are_invisible_to_real_ones(net):
     short, long = np.arange(5, 15), np.arange(20, 45)
     genes, pad = pad_batch([short, long])
+    pad = torch.as_tensor(pad)
     context = tokens(np.random.default_rng(0), genes)
     queries = tokens(np.random.default_rng(1), np.tile(np.arange(45, 50), (2, 1)))
     with torch.no_grad():
-        pred, pred_q, cls = net(context, torch.as_tensor(pad), queries)
-        alone, alone_q, alone_cls = net(tuple(t[:1, :10] for t in context), None,
+        pred, pred_q, cls = run(net, context, pad, queries)
+        alone, alone_q, alone_cls = run(net, tuple(t[:1, :10] for t in context), None,
                                         tuple(t[:1] for t in queries))
         # Junk in the padded slots must not leak into the real positions.
         junk = [t.clone() for t in context]
         for t, filler in zip(junk, (49, 10, 100.0, 100.0)):
-            t[torch.as_tensor(pad)] = filler
-        junk_pred, junk_q, _ = net(tuple(junk), torch.as_tensor(pad), queries)
+            t[pad] = filler
+        junk_pred, junk_q, _ = run(net, tuple(junk), pad, queries)
     torch.testing.assert_close(pred[0, :10], alone[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(pred_q[0], alone_q[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(cls[0], alone_cls[0], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(junk_pred[~torch.as_tensor(pad)], pred[~torch.as_tensor(pad)])
+    torch.testing.assert_close(junk_pred[~pad], pred[~pad])
     torch.testing.assert_close(junk_q, pred_q)
 
 
 def test_queries_never_see_each_other(net):
     """scGPT's generative mask: a query's answer depends on the context and itself only, so any
-    chunking of the queries gives the same answers, and the context's own are unchanged."""
+    chunking of the queries gives the same answers, and the context's own do not depend on
+    them."""
     rng = np.random.default_rng(0)
     context = tokens(rng, np.arange(0, 12)[None])
     queries = tokens(rng, np.arange(12, 50)[None])
     with torch.no_grad():
-        pred, all_q, _ = net(context, None, queries)
-        parts = [net(context, None, tuple(t[:, a:b] for t in queries))
+        _, all_q, _ = run(net, context, None, queries)
+        parts = [run(net, context, None, tuple(t[:, a:b] for t in queries))[1]
                  for a, b in ((0, 1), (1, 20), (20, 38))]
-        alone, none_q, _ = net(context, None)
-    torch.testing.assert_close(torch.cat([q for _, q, _ in parts], dim=1), all_q,
-                               rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(alone, pred)
-    assert none_q is None
+        one_by_one = [run(net, context, None, tuple(t[:, [i]] for t in queries))[1]
+                      for i in (0, 37)]
+    torch.testing.assert_close(torch.cat(parts, dim=1), all_q, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.cat(one_by_one, dim=1), all_q[:, [0, 37]], rtol=1e-5,
+                               atol=1e-5)
 
 
 def test_transport_targets_carry_each_cell_onto_the_perturbed_distribution():

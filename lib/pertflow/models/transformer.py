@@ -71,7 +71,7 @@ from pertflow.utils import dense
 log = logging.getLogger(__name__)
 # Queries answered beside one batch of contexts at a time: bounds the attention weights' memory
 # (batch × heads × QUERY_CHUNK × context floats).
-QUERY_CHUNK = 2048
+QUERY_CHUNK = 512
 
 # ----------------------------------------------------------------------------- tokenisation
 
@@ -178,17 +178,20 @@ class Block(nn.Module):
         x = x + self.attn_out(y.transpose(1, 2).reshape(x.shape))
         return x + self.mlp(self.ln_mlp(x))
 
-    def forward(self, x: torch.Tensor, attend: torch.Tensor | None,
-                queries: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, attend: torch.Tensor | None
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """x: the context (batch, context, width), attending among itself (``attend``: keys
-        kept, (batch, 1, 1, context)); queries: (batch, n, width), each attending to the context
-        and to itself only, so that queries never see each other (scGPT's generative attention
-        mask) and any number of them can be answered beside one context."""
+        kept, (batch, 1, 1, context)) → its new states, and its keys and values for ``answer``."""
         q, k, v = self._qkv(x)
         # No dropout on the attention weights: it would push CPUs off the fused kernel.
-        context = self._update(x, F.scaled_dot_product_attention(q, k, v, attn_mask=attend))
-        if queries is None:
-            return context, None
+        return self._update(x, F.scaled_dot_product_attention(q, k, v, attn_mask=attend)), (k, v)
+
+    def answer(self, queries: torch.Tensor, keys_values: tuple[torch.Tensor, torch.Tensor],
+               attend: torch.Tensor | None) -> torch.Tensor:
+        """queries: (batch, n, width), each attending to the context's keys and values and to
+        itself only (scGPT's generative attention mask): queries never see each other, so any
+        number of them can be answered beside one context, in any chunks."""
+        k, v = keys_values
         qq, kq, vq = self._qkv(queries)
         scale = qq.shape[-1] ** -0.5
         logits = qq @ k.transpose(-1, -2) * scale                   # (batch, heads, n, context)
@@ -196,8 +199,7 @@ class Block(nn.Module):
             logits = logits.masked_fill(~attend, float("-inf"))
         own = (qq * kq).sum(-1, keepdim=True) * scale               # (batch, heads, n, 1)
         weights = torch.softmax(torch.cat([logits, own], dim=-1), dim=-1)
-        y = weights[..., :-1] @ v + weights[..., -1:] * vq
-        return context, self._update(queries, y)
+        return self._update(queries, weights[..., :-1] @ v + weights[..., -1:] * vq)
 
 
 class CellTransformer(nn.Module):
@@ -227,30 +229,36 @@ class CellTransformer(nn.Module):
                 + self.level_embedding(values[..., None])
                 + self.response_embedding(response[..., None]))
 
-    def forward(self, context: tuple, pad: torch.Tensor | None = None,
-                queries: tuple | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """context, queries: (genes, bins, values, response) for ``embed_tokens``; pad: the
-        context's padding, (batch, context), True = pad (padded queries are computed and
-        ignored). The context's tokens and ``<cls>`` attend among themselves; each query to
-        them and to itself.
+    def encode(self, context: tuple, pad: torch.Tensor | None = None):
+        """context: (genes, bins, values, response) for ``embed_tokens``; pad: (batch, context),
+        True = pad. The context's tokens and ``<cls>`` attend among themselves.
 
         Returns the predicted change beyond the response at the context's genes (batch,
-        context) and at the queries' (batch, n) or None, and the ``<cls>`` state (batch,
-        d_model)."""
+        context), the ``<cls>`` state (batch, d_model), and what ``answer`` needs (each block's
+        keys and values, the attention mask)."""
         tokens = self.embed_tokens(*context)
         x = torch.cat([self.cls.expand(tokens.shape[0], 1, -1), tokens], dim=1)
-        q = None if queries is None else self.embed_tokens(*queries)
         attend = None
         if pad is not None and pad.any():
             # No token may attend to a padded key; the <cls> key is never padded.
             keep = torch.cat([torch.zeros_like(pad[:, :1]), pad], dim=1).logical_not()
             attend = keep[:, None, None, :]
+        keys_values = []
         for block in self.blocks:
-            x, q = block(x, attend, q)
+            x, kv = block(x, attend)
+            keys_values.append(kv)
         x = self.ln_final(x)
-        change_q = None if q is None else self.change_head(self.ln_final(q)).squeeze(-1)
-        return self.change_head(x[:, 1:]).squeeze(-1), change_q, x[:, 0]
+        return self.change_head(x[:, 1:]).squeeze(-1), x[:, 0], (keys_values, attend)
+
+    def answer(self, queries: tuple, encoded) -> torch.Tensor:
+        """queries: (genes, bins, values, response) (batch, n), each attending to its cell's
+        encoded context and to itself → the predicted change at the queries' genes (batch, n);
+        padded queries are computed and ignored."""
+        keys_values, attend = encoded
+        q = self.embed_tokens(*queries)
+        for block, kv in zip(self.blocks, keys_values):
+            q = block.answer(q, kv, attend)
+        return self.change_head(self.ln_final(q)).squeeze(-1)
 
 
 # ----------------------------------------------------------------------------- model
@@ -368,8 +376,9 @@ class Transformer(TorchModel):
                     expressed, rest = expressed_first(row > 0, p["max_genes"], rng)
                     context.append(expressed)
                     queries.append(rest[: p["max_genes"] - expressed.size])
-                parts, _ = self._forward(x, dense(bins[cells[batch]]),
-                                         responses[response_rows[batch]], context, queries)
+                b, r = dense(bins[cells[batch]]), responses[response_rows[batch]]
+                at_context, _, encoded = self._encode(x, b, r, context)
+                parts = [at_context, self._answer(x, b, r, queries, encoded)]
                 pred, target = [], []
                 for genes, pad, values in parts:
                     real = torch.as_tensor(~pad, device=self.device)
@@ -400,21 +409,27 @@ class Transformer(TorchModel):
         return genes, pad, tuple(torch.as_tensor(a).to(self.device)
                                  for a in (genes, at(bins), at(X), at(response)))
 
-    def _forward(self, X, bins, response, context, queries=None):
-        """A batch of cells (rows of X, bins, response) with, per cell, its context's and its
-        queries' gene indices → [(genes, pad, predicted perturbed values = values + response +
-        change)] for the context and the queries (numpy indices, float32 tensor values), and the
-        ``<cls>`` states."""
+    def _autocast(self):
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
+                              enabled=self.device.type == "cuda")
+
+    def _encode(self, X, bins, response, context):
+        """A batch of cells (rows of X, bins, response) with, per cell, its context's gene
+        indices → (genes, pad, predicted perturbed values = values + response + change) at the
+        context (numpy indices, float32 tensor), the ``<cls>`` states, and the encoded context
+        for ``_answer``."""
         genes, pad, tokens = self._tokens(context, X, bins, response)
-        asked = None if queries is None else self._tokens(queries, X, bins, response)
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
-                            enabled=self.device.type == "cuda"):
-            change, change_q, cls = self.net(tokens, torch.as_tensor(pad).to(self.device),
-                                             None if asked is None else asked[2])
-        parts = [(genes, pad, tokens[2] + tokens[3] + change.float())]
-        if asked is not None:
-            parts.append((asked[0], asked[1], asked[2][2] + asked[2][3] + change_q.float()))
-        return parts, cls.float()
+        with self._autocast():
+            change, cls, encoded = self.net.encode(tokens, torch.as_tensor(pad).to(self.device))
+        return (genes, pad, tokens[2] + tokens[3] + change.float()), cls.float(), encoded
+
+    def _answer(self, X, bins, response, queries, encoded):
+        """Per cell of the encoded batch, its queries' gene indices → (genes, pad, predicted
+        perturbed values) at the queries."""
+        genes, pad, tokens = self._tokens(queries, X, bins, response)
+        with self._autocast():
+            change = self.net.answer(tokens, encoded)
+        return genes, pad, tokens[2] + tokens[3] + change.float()
 
     # -- inference ------------------------------------------------------------------------
 
@@ -437,14 +452,17 @@ class Transformer(TorchModel):
             rows = np.arange(first, min(first + p["batch_size"], X.shape[0]))
             context, rest = zip(*(expressed_first(X[r] > 0, p["max_genes"], rng) for r in rows))
             responses = np.broadcast_to(response, (rows.size, X.shape[1]))
-            # The queries never see each other: every gene is answered once, in any chunks.
-            for start in range(0, max(max(r.size for r in rest), 1), QUERY_CHUNK):
+            at_context, _, encoded = self._encode(X[rows], bins[rows], responses, context)
+            parts = [at_context]
+            # The queries never see each other: every other gene is answered once, beside the
+            # one encoded context, in chunks that bound memory.
+            for start in range(0, max(r.size for r in rest), QUERY_CHUNK):
                 chunk = [r[start: start + QUERY_CHUNK] for r in rest]
-                parts, _ = self._forward(X[rows], bins[rows], responses, context, chunk)
-                for genes, pad, values in parts[start > 0:]:  # the context in the first chunk
-                    real = ~pad
-                    X_pred[np.broadcast_to(rows[:, None], genes.shape)[real], genes[real]] = \
-                        values.cpu().numpy()[real]
+                parts.append(self._answer(X[rows], bins[rows], responses, chunk, encoded))
+            for genes, pad, values in parts:
+                real = ~pad
+                X_pred[np.broadcast_to(rows[:, None], genes.shape)[real], genes[real]] = \
+                    values.cpu().numpy()[real]
         X_pred = np.maximum(X_pred, 0.0)  # expression is non-negative
         return self._prediction(control_cells, X_pred)
 
@@ -462,7 +480,7 @@ class Transformer(TorchModel):
         for start in range(0, X.shape[0], p["batch_size"]):
             rows = np.arange(start, min(start + p["batch_size"], X.shape[0]))
             context = [expressed_first(X[r] > 0, p["max_genes"], rng)[0] for r in rows]
-            cls = self._forward(X[rows], bins[rows], np.zeros_like(X[rows]), context)[1]
+            cls = self._encode(X[rows], bins[rows], np.zeros_like(X[rows]), context)[1]
             out.append(cls.cpu().numpy())
         return {"X_transformer": np.concatenate(out)}
 
