@@ -28,10 +28,10 @@ half the slots hold genes the cell expresses, the context (they say what the cel
 of a droplet cell are zero), and the rest is a uniform draw of its remaining genes, the queries
 (mostly zeros, which is where a perturbation switches genes on). Attention follows scGPT's
 generative mask: the context and ``<cls>`` attend among themselves, each query to them and to
-itself only. Queries never see each other, so prediction answers every remaining gene of a cell
-beside its one context (in chunks only to bound memory), each gene once; with full attention
-every chunk of queries needed the context recomputed beside it, two thirds of the prediction's
-time on Kang (bench/README.md).
+itself only. Queries never see each other, so prediction encodes a cell's context once and
+answers every remaining gene beside its cached keys and values (in chunks only to bound memory),
+each gene once; with full attention every chunk of queries needed the context recomputed beside
+it (times in bench/README.md).
 
 Training. A control cell of a training group g, given the response transferred to g from the
 *other* groups (as a held-out group gets it from all of them, so the network never learns to copy
