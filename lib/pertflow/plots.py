@@ -22,6 +22,7 @@ import pandas as pd  # noqa: E402
 from pertflow.metrics import r2_of  # noqa: E402
 from pertflow.preprocess import gene_symbols  # noqa: E402
 from pertflow.splits import held_out_of  # noqa: E402
+from pertflow.summary import of_perturbation  # noqa: E402
 from pertflow.utils import atomic_path, dense  # noqa: E402
 
 # Colours of the reference populations, shared by the UMAPs and the violins.
@@ -352,7 +353,7 @@ def perturbation_panels(panels: dict[str, dict], metrics: pd.DataFrame, model: s
     every held-out group of the perturbation in ``metrics``: bars at the mean over seeds, a dot
     per seed, the group of the scatter outlined."""
     rows = metrics[metrics["model"] == model]
-    n_groups = max([1, *(perturbation_rows(rows, p)["group"].nunique() for p in panels)])
+    n_groups = max([1, *(of_perturbation(rows, p)["group"].nunique() for p in panels)])
     bars_width = max(3.0, 0.45 * n_groups + 1.2)
     fig, axes = plt.subplots(len(panels), 2, figsize=(4.5 + bars_width + 1.2, 4.9 * len(panels)),
                              squeeze=False, gridspec_kw={"width_ratios": [4.5, bars_width]})
@@ -363,7 +364,7 @@ def perturbation_panels(panels: dict[str, dict], metrics: pd.DataFrame, model: s
         group = str(panel["group"])
         draw_expression_scatter(scatter, panel["pred"], panel["truth"], panel["degs"],
                                 f"{perturbation}: {group}", "mean", n_labels)
-        runs = perturbation_rows(rows, perturbation)
+        runs = of_perturbation(rows, perturbation)
         groups = sorted(runs["group"].astype(str).unique())
         for g, name in enumerate(groups):
             values = runs.loc[runs["group"].astype(str) == name, value].dropna().to_numpy()
@@ -378,26 +379,6 @@ def perturbation_panels(panels: dict[str, dict], metrics: pd.DataFrame, model: s
                  title=f"{perturbation}: {model}, every held-out group")
     return fig
 
-
-def perturbation_rows(metrics: pd.DataFrame, perturbation: str) -> pd.DataFrame:
-    """The runs of one perturbation (all of them in a table without a ``perturbation``
-    column)."""
-    if "perturbation" not in metrics.columns:
-        return metrics
-    return metrics[metrics["perturbation"].astype(str) == perturbation]
-
-
-# ---------------------------------------------------------------------------------------------
-# Latent spaces
-
-# Tirosh et al. 2016 cell-cycle genes (as used by scanpy's and Seurat's cell-cycle scoring).
-S_GENES = """MCM5 PCNA TYMS FEN1 MCM2 MCM4 RRM1 UNG GINS2 MCM6 CDCA7 DTL PRIM1 UHRF1 MLF1IP HELLS
-RFC2 RPA2 NASP RAD51AP1 GMNN WDR76 SLBP CCNE2 UBR7 POLD3 MSH2 ATAD2 RAD51 RRM2 CDC45 CDC6 EXO1
-TIPIN DSCC1 BLM CASP8AP2 USP1 CLSPN POLA1 CHAF1B BRIP1 E2F8""".split()
-G2M_GENES = """HMGB2 CDK1 NUSAP1 UBE2C BIRC5 TPX2 TOP2A NDC80 CKS2 NUF2 CKS1B MKI67 TMPO CENPF
-TACC3 FAM64A SMC4 CCNB2 CKAP2L CKAP2 AURKB BUB1 KIF11 ANP32E TUBB4B GTSE1 KIF20B HJURP CDCA3 HN1
-CDC20 TTK CDC25C KIF2C RANGAP1 NCAPD2 DLGAP5 CDCA2 CDCA8 ECT2 KIF23 HMMR AURKA PSRC1 ANLN LBR
-CKAP5 CENPE CTCF NEK2 G2E3 GAS2L3 CBX5 CENPA""".split()
 
 
 def add_cell_cycle_phase(adata: ad.AnnData, seed: int, min_genes: int = 10) -> bool:

@@ -278,7 +278,7 @@ rule plot_perturbations:
         # {split: {"perturbation", "group"}}
         held_out=lambda w: {
             name: asdict(split_named(dataset_spec(w), name))
-            for name in held_out_splits(w.dataset)
+            for name in panel_splits(dataset_spec(w), split_files(w))
         },
         models=MODELS,
     script:
