@@ -8,7 +8,8 @@ import anndata as ad
 from pertflow.keys import Keys
 from pertflow.logs import log_to
 from pertflow.models import get_model_class
-from pertflow.plots import add_cell_cycle_phase, latent_umaps, save
+from pertflow.plots import latent_umaps, save
+from pertflow.preprocess import score_cell_cycle
 
 with log_to(snakemake.log[0]) as log:
     keys, entry = Keys(**snakemake.params.experiment_keys), snakemake.params.entry
@@ -17,7 +18,7 @@ with log_to(snakemake.log[0]) as log:
     group = snakemake.params.held_out["group"]  # the first split's, whose model this is
     cells.obs["held out"] = (cells.obs[keys.group] == group).map({True: group, False: "other"})
     colors = [keys.condition, keys.group, "held out"]
-    if add_cell_cycle_phase(cells, seed=snakemake.params.seed):
+    if score_cell_cycle(cells, seed=snakemake.params.seed, required=False):
         colors.append("phase")
     colors += [c for c in snakemake.params.latent_colors if c not in colors]
     out = Path(snakemake.output[0])

@@ -11,7 +11,7 @@ import pytest
 from pertflow.data import source_path, standardise
 from pertflow.errors import DataError
 from pertflow.models.baselines import MeanShift
-from pertflow.preprocess import SYMBOL, gene_symbols, preprocess
+from pertflow.preprocess import SYMBOL, cell_cycle_genes, gene_symbols, preprocess, score_cell_cycle
 from pertflow.simulate import simulate
 
 SPEC = {"condition_key": "condition", "control": "control", "perturbed": "stimulated",
@@ -71,10 +71,14 @@ def test_symbols_label_plots_and_find_cell_cycle_genes(by_id):
     assert [ax.get_title() for ax in fig.axes[:3]] == ["ISG0", "ISG1", "ISG2"]
     # Cell-cycle genes are matched by symbol (the simulation's are not Tirosh's: none match).
     renamed = adata.copy()
-    renamed.var[SYMBOL] = ["x"] * (renamed.n_vars - 120) + plots.S_GENES[:40] + \
-        plots.G2M_GENES[:40] + [f"y{i}" for i in range(40)]
-    assert plots.add_cell_cycle_phase(renamed, seed=0)
-    assert not plots.add_cell_cycle_phase(adata, seed=0)
+    listed = cell_cycle_genes()
+    s, g2m = (listed.loc[listed["phase"] == p, "gene"].tolist()[:40] for p in ("S", "G2M"))
+    renamed.var[SYMBOL] = ["x"] * (renamed.n_vars - 120) + s + g2m + [f"y{i}" for i in range(40)]
+    assert score_cell_cycle(renamed, seed=0, required=False)
+    assert set(renamed.obs["phase"]) <= {"G1", "S", "G2M"}
+    assert not score_cell_cycle(adata, seed=0, required=False)
+    with pytest.raises(DataError, match="gene_symbols"):
+        score_cell_cycle(adata, seed=0)
 
 
 def test_relative_source_path_error_names_the_absolute_path(tmp_path, monkeypatch):

@@ -3,14 +3,13 @@ calls, the Mixscape-like baseline, latent DE and the input checks. Latents are b
 simulation's truth, so no model is trained here."""
 
 import numpy as np
-import pandas as pd
 import pytest
 from scipy import stats
 from scipy.spatial.distance import cdist
 
 from pertflow import screen
 from pertflow.errors import DataError
-from pertflow.preprocess import preprocess
+from pertflow.preprocess import cell_cycle_genes, preprocess, score_cell_cycle
 
 CONTROL = screen.DEFAULTS["control"]
 SMALL = {"n_cells": 2400, "n_genes": 400, "seed": 1}
@@ -52,7 +51,7 @@ def test_simulation_is_reproducible_and_its_truth_consistent(counts):
     assert set(genes) == set(truth.index[truth["acting"]])
     assert all(len(g) == p["n_programme_genes"] and set(g) <= set(counts.var_names)
                for g in genes.values())
-    assert set(screen.cell_cycle_genes()["gene"]) <= set(counts.var_names)
+    assert set(cell_cycle_genes()["gene"]) <= set(counts.var_names)
     assert counts.var_names.str.startswith("MT-").sum() == p["n_mito_genes"]
     obs = counts.obs
     assert set(obs["perturbation"].cat.categories) == {CONTROL, *truth.index}
@@ -74,7 +73,7 @@ def test_simulation_is_reproducible_and_its_truth_consistent(counts):
 
 def test_cell_cycle_scoring_recovers_the_simulated_phase(sim):
     adata = sim.copy()
-    screen.score_cell_cycle(adata)
+    score_cell_cycle(adata)
     accuracy = np.mean(adata.obs["phase"].astype(str) == adata.obs["true_phase"].astype(str))
     assert accuracy > 0.85  # chance (always G1) is about 0.5
     assert len(adata.uns["cell_cycle"]["s_genes"]) == 43
@@ -83,10 +82,10 @@ def test_cell_cycle_scoring_recovers_the_simulated_phase(sim):
 
 def test_cell_cycle_scoring_refuses_counts_and_missing_genes(counts, sim):
     with pytest.raises(DataError, match="log-normalised"):
-        screen.score_cell_cycle(counts.copy())
-    few = sim[:, ~sim.var_names.isin(screen.cell_cycle_genes()["gene"][5:])].copy()
+        score_cell_cycle(counts.copy())
+    few = sim[:, ~sim.var_names.isin(cell_cycle_genes()["gene"][5:])].copy()
     with pytest.raises(DataError, match="before HVG selection"):
-        screen.score_cell_cycle(few)
+        score_cell_cycle(few)
 
 
 def test_e_distance_permutations_match_a_direct_computation():

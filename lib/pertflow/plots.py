@@ -381,20 +381,6 @@ def perturbation_panels(panels: dict[str, dict], metrics: pd.DataFrame, model: s
 
 
 
-def add_cell_cycle_phase(adata: ad.AnnData, seed: int, min_genes: int = 10) -> bool:
-    """scanpy's cell-cycle scoring (its reference genes are sampled with ``seed``) into
-    ``obs['phase']`` when enough of the genes are present (matched by symbol, see gene_symbols)."""
-    import scanpy as sc
-
-    gene_of = dict(zip(gene_symbols(adata), adata.var_names))
-    s = [gene_of[g] for g in S_GENES if g in gene_of]
-    g2m = [gene_of[g] for g in G2M_GENES if g in gene_of]
-    if min(len(s), len(g2m)) < min_genes:
-        return False
-    sc.tl.score_genes_cell_cycle(adata, s_genes=s, g2m_genes=g2m, random_state=seed)
-    return True
-
-
 def latent_view(obs: pd.DataFrame, latent: np.ndarray, seed: int) -> ad.AnnData:
     """Cells with only ``obs`` and a latent: its neighbour graph and UMAP, seeded; strings and
     booleans of ``obs`` become categories so that they plot as such."""

@@ -6,6 +6,7 @@ alone; the config schema lists the keys but leaves the defaults to this module."
 from __future__ import annotations
 
 import logging
+from importlib.resources import files
 
 import anndata as ad
 import numpy as np
@@ -147,3 +148,43 @@ def preprocess(adata: ad.AnnData, qc: dict | None = None, hvg: dict | None = Non
     adata.uns.pop("log1p", None)
     adata.uns["qc_warnings"] = warnings
     return adata
+
+
+def cell_cycle_genes() -> pd.DataFrame:
+    """The shipped Tirosh et al. 2016 S and G2/M gene lists (columns gene, phase), with their
+    source in the file's leading ``#`` lines."""
+    with files("pertflow").joinpath("resources", "cell_cycle_genes.csv").open() as handle:
+        return pd.read_csv(handle, comment="#")
+
+
+def score_cell_cycle(adata: ad.AnnData, seed: int = 0, min_genes: int = 10,
+                     required: bool = True) -> bool:
+    """scanpy's ``tl.score_genes_cell_cycle`` with the shipped lists, matched to the genes'
+    symbols (see gene_symbols) ignoring case (mouse symbols are capitalised). Needs
+    log-normalised ``X``. Adds obs ``S_score``, ``G2M_score``, ``phase`` and the genes used in
+    ``uns['cell_cycle']``, and returns True; with fewer than ``min_genes`` of a phase's genes
+    present it raises, or returns False when not ``required``."""
+    X = adata.X
+    sample = (X.data if sp.issparse(X) else np.asarray(X).ravel())[:100_000]
+    if sample.size and np.all(sample == np.round(sample)):
+        raise DataError("cell-cycle scoring needs log-normalised X, and X holds integer counts; "
+                        "normalise first (pertflow.preprocess.preprocess).")
+    by_upper = {symbol.upper(): name for symbol, name in zip(gene_symbols(adata), adata.var_names)}
+    genes = cell_cycle_genes()
+    used = {}
+    for phase in ("S", "G2M"):
+        listed = genes.loc[genes["phase"] == phase, "gene"]
+        used[phase] = [by_upper[g] for g in listed if g in by_upper]
+        if len(used[phase]) < min_genes:
+            if not required:
+                return False
+            raise DataError(
+                f"only {len(used[phase])} of the {len(listed)} {phase}-phase genes are in the "
+                f"data (at least {min_genes} needed): score the cell cycle before HVG selection, "
+                "and check that the genes are named by symbol (or set the dataset's "
+                "gene_symbols: to its var column of symbols).")
+    sc.tl.score_genes_cell_cycle(adata, s_genes=used["S"], g2m_genes=used["G2M"],
+                                 random_state=seed)
+    adata.uns["cell_cycle"] = {"s_genes": np.asarray(used["S"]),
+                               "g2m_genes": np.asarray(used["G2M"])}
+    return True

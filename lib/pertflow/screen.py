@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import warnings
-from importlib.resources import files
 from typing import Callable, Iterable
 
 import anndata as ad
@@ -31,7 +30,7 @@ from sklearn.model_selection import KFold, cross_val_score
 from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
 
 from pertflow.errors import DataError
-from pertflow.preprocess import check_counts
+from pertflow.preprocess import cell_cycle_genes, check_counts
 from pertflow.utils import dense
 
 log = logging.getLogger(__name__)
@@ -63,13 +62,6 @@ ARRESTED_PROBABILITIES = (0.85, 0.075, 0.075)  # responders of a cycle-shifting 
 EFFECTS = ("strong", "weak", "none")
 MIXSCAPE_LAYER = "X_pert"  # pertpy's names for the signature layer and the class columns
 RESPONDER_THRESHOLD = 0.5
-
-
-def cell_cycle_genes() -> pd.DataFrame:
-    """The shipped S and G2/M gene lists (columns gene, phase), with their source in the file's
-    leading ``#`` lines."""
-    with files("pertflow").joinpath("resources", "cell_cycle_genes.csv").open() as handle:
-        return pd.read_csv(handle, comment="#")
 
 
 # ---- simulation -----------------------------------------------------------------------------
@@ -283,34 +275,6 @@ def check_screen(adata: ad.AnnData, perturbation_key: str, control: str,
         raise DataError(f"{where}: no perturbation has {min_cells} cells or more; lower "
                         "`min_cells:`.")
     return kept
-
-
-# ---- cell cycle -----------------------------------------------------------------------------
-def score_cell_cycle(adata: ad.AnnData, min_genes: int = 10, seed: int = 0) -> None:
-    """scanpy's ``tl.score_genes_cell_cycle`` with the shipped Tirosh et al. lists, matched to
-    ``var_names`` ignoring case (mouse symbols are capitalised); absent genes are dropped. Needs
-    log-normalised ``X``. Adds obs ``S_score``, ``G2M_score``, ``phase`` and the genes used in
-    ``uns['cell_cycle']``."""
-    X = adata.X
-    sample = (X.data if sp.issparse(X) else np.asarray(X).ravel())[:100_000]
-    if sample.size and np.all(sample == np.round(sample)):
-        raise DataError("cell-cycle scoring needs log-normalised X, and X holds integer counts; "
-                        "normalise first (pertflow.preprocess.preprocess).")
-    by_upper = {str(g).upper(): g for g in adata.var_names}
-    genes = cell_cycle_genes()
-    used = {}
-    for phase in ("S", "G2M"):
-        listed = genes.loc[genes["phase"] == phase, "gene"]
-        used[phase] = [by_upper[g] for g in listed if g in by_upper]
-        if len(used[phase]) < min_genes:
-            raise DataError(
-                f"only {len(used[phase])} of the {len(listed)} {phase}-phase genes are in the "
-                f"data (at least {min_genes} needed): score the cell cycle before HVG selection, "
-                "and check that var_names are gene symbols (not Ensembl ids).")
-    sc.tl.score_genes_cell_cycle(adata, s_genes=used["S"], g2m_genes=used["G2M"],
-                                 random_state=seed)
-    adata.uns["cell_cycle"] = {"s_genes": np.asarray(used["S"]),
-                               "g2m_genes": np.asarray(used["G2M"])}
 
 
 # ---- effect size ----------------------------------------------------------------------------

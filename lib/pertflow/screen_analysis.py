@@ -19,7 +19,7 @@ import scanpy as sc
 from pertflow import screen
 from pertflow.keys import Keys
 from pertflow.models import get_model_class
-from pertflow.preprocess import HVG_DEFAULTS, preprocess
+from pertflow.preprocess import HVG_DEFAULTS, preprocess, score_cell_cycle
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def prepare(raw: ad.AnnData, spec: dict, name: str, seed: int = 0) -> ad.AnnData
         adata.X = adata.layers[layer]
     adata.layers.clear()
     adata = preprocess(adata, qc=spec.get("qc"), hvg={"n_top_genes": None})
-    screen.score_cell_cycle(adata, seed=seed)
+    score_cell_cycle(adata, seed=seed)
     hvg = {**HVG_DEFAULTS, **(spec.get("hvg") or {})}
     if hvg["n_top_genes"] and hvg["n_top_genes"] < adata.n_vars:
         if hvg["flavor"] == "seurat_v3":

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
-import pandas as pd
 from sklearn.decomposition import PCA
 
 from pertflow import transfer
