@@ -1,4 +1,5 @@
-"""Train contrastiveVI on all cells of the screen and save it."""
+"""Train contrastiveVI on all cells of the screen, or on those outside one cross-fitting fold,
+and save it."""
 
 import anndata as ad
 
@@ -6,8 +7,9 @@ from pertflow.logs import log_to
 from pertflow.screen_analysis import model_params, train
 
 with log_to(snakemake.log[0]) as log:
-    spec, seed = snakemake.params.spec, snakemake.params.seed
+    spec, seed, fold = snakemake.params.spec, snakemake.params.seed, snakemake.params.fold
     cells = ad.read_h5ad(snakemake.input[0])
-    log.info("training contrastiveVI on %d cells × %d genes, seed %d, params %s", *cells.shape,
-             seed, model_params(spec))
-    train(cells, spec, seed).save(snakemake.output[0])
+    log.info("training contrastiveVI on %s of %d cells × %d genes, seed %d, params %s",
+             "all" if fold is None else f"those outside fold {fold}", *cells.shape, seed,
+             model_params(spec))
+    train(cells, spec, seed, fold=fold).save(snakemake.output[0])

@@ -127,6 +127,64 @@ def test_effect_size_ranks_acting_targets_and_null_p_values_are_not_significant(
     assert np.mean(p < 0.05) < 0.2
 
 
+def test_folds_split_every_label_evenly_and_reproducibly():
+    labels = np.repeat(["a", "b", "c"], [7, 10, 3])
+    fold = screen.fold_of(labels, 2, seed=4)
+    for label in "abc":
+        counts = np.bincount(fold[labels == label], minlength=2)
+        assert counts.max() - counts.min() <= 1
+    assert np.array_equal(fold, screen.fold_of(labels, 2, seed=4))
+    assert not np.array_equal(fold, screen.fold_of(labels, 2, seed=5))
+
+
+def test_cross_fitted_effects_compare_each_fold_with_its_own_controls(sim):
+    """Folds embedded by different models live in different spaces: here fold 1 is the truth
+    latent moved far away. Within folds the effects are as without the move; pooled across
+    folds, every perturbation would look different from the controls."""
+    latent, _ = truth_latent(sim)
+    labels = sim.obs["perturbation"].astype(str).to_numpy()
+    fold = screen.fold_of(labels, 2, seed=0)
+    moved = latent + 6.0 * (fold == 1)[:, None]
+    truth = screen.truth_table(sim)
+    effects = screen.effect_sizes(moved, labels, CONTROL, n_permutations=200, folds=fold)
+    assert screen.effect_auroc(effects["e_distance"], truth["acting"]) >= 0.95
+    assert (effects.loc[truth.index[~truth["acting"]], "q_value"] > 0.05).all()
+    # The statistic is the mean of the folds' E-distances, each fold's cells against its own.
+    name = truth.index[truth["effect"] == "strong"][0]
+    by_fold = [screen.effect_sizes(moved[fold == f], labels[fold == f], CONTROL,
+                                   perturbations=[name], n_permutations=10,
+                                   max_cells=10_000).loc[name, "e_distance"] for f in (0, 1)]
+    whole = screen.effect_sizes(moved, labels, CONTROL, perturbations=[name], n_permutations=10,
+                                max_cells=20_000, folds=fold)
+    assert whole.loc[name, "e_distance"] == pytest.approx(np.mean(by_fold))
+    calls = screen.call_responders(moved, labels, CONTROL, folds=fold)
+    strong = truth.index[truth["effect"] == "strong"]
+    scores = screen.responder_scores(calls["responder"], sim.obs["escaped"], labels, strong)
+    assert scores["accuracy"] > 0.9
+    with pytest.raises(DataError, match="fewer than 2 cells in each of the 2 folds"):
+        screen.effect_sizes(latent, labels, CONTROL, folds=(labels == CONTROL) * 1)
+
+
+def test_expression_statistic_finds_acting_targets_without_a_model(sim):
+    labels = sim.obs["perturbation"].astype(str).to_numpy()
+    truth = screen.truth_table(sim)
+    effects = screen.expression_effects(sim.X, labels, CONTROL, n_permutations=200)
+    truth = truth.loc[effects.index]
+    assert screen.effect_auroc(effects["t2"], truth["acting"]) >= 0.85
+    strong_or_null = truth["effect"] != "weak"
+    assert screen.effect_auroc(effects.loc[strong_or_null, "t2"],
+                               truth.loc[strong_or_null, "acting"]) == 1.0
+    assert (effects.loc[truth["effect"] == "strong", "q_value"] < 0.05).all()
+    assert (effects.loc[~truth["acting"], "q_value"] > 0.05).all()
+    # About 1 and uniform p-values without any effect.
+    rng = np.random.default_rng(0)
+    noise = rng.normal(size=(1200, 50))
+    fake = np.where(np.arange(1200) < 300, CONTROL, [f"N{i % 20}" for i in range(1200)])
+    null = screen.expression_effects(noise, fake, CONTROL, n_permutations=200)
+    assert 0.9 < null["t2"].mean() < 1.15
+    assert stats.kstest(null["p_value"], "uniform").pvalue > 0.01
+
+
 def test_responder_calls_recover_escapers(sim):
     latent, _ = truth_latent(sim)
     labels = sim.obs["perturbation"].astype(str).to_numpy()

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, SNAKEMAKE
+from pertflow.models import Model
 from pertflow.screen import simulate_screen
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
@@ -41,15 +42,24 @@ def test_perturbseq_config_runs_end_to_end(tmp_path):
     out = tmp_path / "results" / "tiny"
     table = pd.read_csv(out / "perturbations.csv")
     assert len(table) == TINY["n_strong"] + TINY["n_weak"] + TINY["n_null"]
-    assert {"e_distance", "p_value", "q_value", "responder_fraction",
-            "mixscape_responder_fraction", "top_latent_degs"} <= set(table.columns)
+    assert {"e_distance", "p_value", "q_value", "expression_t2", "expression_p_value",
+            "expression_q_value", "responder_fraction", "mixscape_responder_fraction",
+            "top_latent_degs"} <= set(table.columns)
     assert table["responder_fraction"].between(0, 1).all()
     cells = ad.read_h5ad(out / "latents.h5ad")
-    assert {"X_salient", "X_background", "X_pca"} <= set(cells.obsm)
+    assert {"X_salient", "X_background", "X_salient_cross_fitted", "X_pca"} <= set(cells.obsm)
+    # Each fold's cells were embedded by the model that did not train on them.
+    for k in (0, 1):
+        model = Model.load(out / "models" / f"fold{k}")
+        rows = cells.obs["screen_fold"].to_numpy() == k
+        log = (out / "logs" / "screen_train" / f"fold{k}.log").read_text()
+        assert f"those outside fold {k} of {cells.n_obs} cells" in log
+        assert np.allclose(cells.obsm["X_salient_cross_fitted"][rows],
+                           model.embed(cells[rows])["X_salient"], atol=1e-5)
     assert "phase" in cells.obs and "responder" in cells.obs
     for name in ("screen_umaps", "screen_ranked"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 0
-    assert (out / "model").is_dir() and (out / "latent_de.csv").exists()
+    assert (out / "models" / "all").is_dir() and (out / "latent_de.csv").exists()
 
 
 def test_no_control_cells_fails_before_training(tmp_path):
@@ -61,5 +71,5 @@ def test_no_control_cells_fails_before_training(tmp_path):
     assert done.returncode != 0
     log = (tmp_path / "results" / "tiny" / "logs" / "screen_prepare.log").read_text()
     assert "no control cells" in log and "non-targeting" in log
-    assert not (tmp_path / "results" / "tiny" / "model").exists()
+    assert not (tmp_path / "results" / "tiny" / "models").exists()
     assert np.all(raw.obs["perturbation"] != "non-targeting")

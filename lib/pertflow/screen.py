@@ -278,9 +278,21 @@ def check_screen(adata: ad.AnnData, perturbation_key: str, control: str,
 
 
 # ---- effect size ----------------------------------------------------------------------------
+def fold_of(labels, n_folds: int, seed: int = 0) -> np.ndarray:
+    """Each cell's fold, 0 to ``n_folds`` − 1, dealt round-robin within each label after a seeded
+    shuffle, so every label's cells split as evenly as they can."""
+    labels = np.asarray(labels).astype(str)
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(labels), int)
+    for label in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == label))
+        fold[rows] = np.arange(len(rows)) % n_folds
+    return fold
+
+
 def effect_sizes(latent: np.ndarray, labels, control: str,
                  perturbations: Iterable[str] | None = None, n_permutations: int = 1000,
-                 max_cells: int = 500, seed: int = 0) -> pd.DataFrame:
+                 max_cells: int = 500, seed: int = 0, folds=None) -> pd.DataFrame:
     """Per perturbation, the energy distance of its cells from the controls in ``latent``
     (cells × dims) with a permutation p-value and Benjamini-Hochberg q-value.
 
@@ -290,23 +302,84 @@ def effect_sizes(latent: np.ndarray, labels, control: str,
     per perturbation, and the permutation test makes its p-value exact whatever the latent's
     geometry. Here in its unbiased form (means over distinct pairs), so that it is about 0 for
     no effect whatever the number of cells; pertflow.metrics.e_distance includes self-pairs.
-    At most ``max_cells`` cells per side (one seeded draw of controls shared by all
-    perturbations). Columns: n_cells, e_distance, p_value, q_value; sorted by e_distance."""
+
+    ``folds`` (one per cell): cross-fitted latents, each fold's cells embedded by a model that
+    did not train on them, so comparable only within a fold. The E-distance is then the mean of
+    the folds' (each fold's cells against its own controls) and its null the mean of the folds'
+    independent permutation nulls. At most ``max_cells`` cells per side (split between the folds;
+    one seeded draw of controls shared by all perturbations). Columns: n_cells, e_distance,
+    p_value, q_value; sorted by e_distance."""
     latent = np.asarray(latent, dtype=np.float64)
     labels = np.asarray(labels).astype(str)
     rng = np.random.default_rng(seed)
-    perturbations = _perturbations(labels, control, perturbations)
-    controls = _at_most(np.flatnonzero(labels == control), max_cells, rng)
+    fold = np.zeros(len(labels), int) if folds is None else np.asarray(folds)
+    parts = np.unique(fold)
+    perturbations = _perturbations(labels, control, perturbations, fold)
+    per_part = max_cells // len(parts)
+    controls = {f: _at_most(np.flatnonzero((labels == control) & (fold == f)), per_part, rng)
+                for f in parts}
     rows = []
     for name in perturbations:
-        cells = _at_most(np.flatnonzero(labels == name), max_cells, rng)
-        observed, null = _e_distance_permutations(latent[cells], latent[controls],
-                                                  n_permutations, rng)
+        observed, null = 0.0, np.zeros(n_permutations)
+        for f in parts:
+            cells = _at_most(np.flatnonzero((labels == name) & (fold == f)), per_part, rng)
+            part_observed, part_null = _e_distance_permutations(
+                latent[cells], latent[controls[f]], n_permutations, rng)
+            observed, null = observed + part_observed / len(parts), null + part_null / len(parts)
         p_value = (1 + np.sum(null >= observed)) / (1 + n_permutations)
         rows.append((name, int(np.sum(labels == name)), observed, p_value))
-    table = pd.DataFrame(rows, columns=["perturbation", "n_cells", "e_distance", "p_value"])
+    return _with_q(pd.DataFrame(rows, columns=["perturbation", "n_cells", "e_distance",
+                                               "p_value"]), "e_distance")
+
+
+def expression_effects(X, labels, control: str, perturbations: Iterable[str] | None = None,
+                       n_permutations: int = 1000, max_cells: int = 500,
+                       seed: int = 0) -> pd.DataFrame:
+    """The baseline without a model: per perturbation, the mean over genes of the squared Welch
+    t statistic of its cells vs the controls on ``X`` (log-normalised expression), a
+    high-dimensional two-sample statistic with a diagonal covariance (as Srivastava & Du 2008),
+    with a permutation p-value and BH q-value. About 1 for no effect; many weakly changed genes
+    add up where a distance between cells drowns them in the variance of the rest. At most
+    ``max_cells`` cells per side. Columns: n_cells, t2, p_value, q_value; sorted by t2."""
+    labels = np.asarray(labels).astype(str)
+    rng = np.random.default_rng(seed)
+    names = _perturbations(labels, control, perturbations)
+    controls = _at_most(np.flatnonzero(labels == control), max_cells, rng)
+    rows = []
+    for name in names:
+        cells = _at_most(np.flatnonzero(labels == name), max_cells, rng)
+        pooled = dense(X[np.r_[cells, controls]]).astype(np.float64)
+        n, n_a = len(pooled), len(cells)
+        labellings = np.zeros((n_permutations + 1, n))
+        labellings[0, :n_a] = 1.0
+        picks = np.argsort(rng.random((n_permutations, n)), axis=1)[:, :n_a]
+        np.put_along_axis(labellings[1:], picks, 1.0, axis=1)
+        t2 = np.concatenate([_mean_t2(pooled, labellings[i:i + 250])
+                             for i in range(0, len(labellings), 250)])
+        p_value = (1 + np.sum(t2[1:] >= t2[0])) / (1 + n_permutations)
+        rows.append((name, int(np.sum(labels == name)), t2[0], p_value))
+    return _with_q(pd.DataFrame(rows, columns=["perturbation", "n_cells", "t2", "p_value"]), "t2")
+
+
+def _mean_t2(pooled: np.ndarray, Z: np.ndarray) -> np.ndarray:
+    """Mean over genes (columns of ``pooled``) of the squared Welch t of each labelling (rows of
+    the 0/1 ``Z``: group A) against the rest; genes constant over the pooled cells count 0."""
+    n_a = Z[0].sum()
+    n_b = len(pooled) - n_a
+    sum_a, sq_a = Z @ pooled, Z @ pooled ** 2
+    sum_b, sq_b = pooled.sum(axis=0) - sum_a, (pooled ** 2).sum(axis=0) - sq_a
+    mean_a, mean_b = sum_a / n_a, sum_b / n_b
+    var_a = np.maximum(sq_a - n_a * mean_a ** 2, 0) / (n_a - 1)
+    var_b = np.maximum(sq_b - n_b * mean_b ** 2, 0) / (n_b - 1)
+    se2 = var_a / n_a + var_b / n_b
+    varies = pooled.std(axis=0) > 0
+    t2 = np.divide((mean_a - mean_b) ** 2, se2, out=np.zeros_like(se2), where=se2 > 0)
+    return t2[:, varies].mean(axis=1)
+
+
+def _with_q(table: pd.DataFrame, statistic: str) -> pd.DataFrame:
     table["q_value"] = stats.false_discovery_control(table["p_value"]) if len(table) else []
-    return table.set_index("perturbation").sort_values("e_distance", ascending=False)
+    return table.set_index("perturbation").sort_values(statistic, ascending=False)
 
 
 def _e_distance_permutations(A: np.ndarray, B: np.ndarray, n_permutations: int,
@@ -336,17 +409,21 @@ def _e_distance_permutations(A: np.ndarray, B: np.ndarray, n_permutations: int,
     return observed, null
 
 
-def _perturbations(labels: np.ndarray, control: str, perturbations) -> list[str]:
+def _perturbations(labels: np.ndarray, control: str, perturbations, fold=None) -> list[str]:
     if not np.any(labels == control):
         raise DataError(f"no control cells labelled '{control}'; fix `control:`.")
     names = [x for x in pd.unique(labels) if x != control] if perturbations is None \
         else [str(x) for x in perturbations]
     if control in names:
         raise DataError(f"the control label '{control}' is among the perturbations; remove it.")
-    small = [x for x in names if np.sum(labels == x) < 2]
-    if small:
-        raise DataError(f"perturbation(s) {small} have fewer than 2 cells; drop them "
-                        "(`min_cells:`).")
+    fold = np.zeros(len(labels), int) if fold is None else np.asarray(fold)
+    parts = np.unique(fold)
+    few = [x for x in [control, *names]
+           if min(np.sum((labels == x) & (fold == f)) for f in parts) < 2]
+    if few:
+        where = "" if len(parts) == 1 else f" in each of the {len(parts)} folds"
+        raise DataError(f"perturbation(s) {few} have fewer than 2 cells{where}; drop them "
+                        "(raise `min_cells:`).")
     return names
 
 
@@ -358,7 +435,7 @@ def _at_most(rows: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
 def call_responders(latent: np.ndarray, labels, control: str,
                     perturbations: Iterable[str] | None = None,
                     significant: Iterable[str] | None = None,
-                    threshold: float = RESPONDER_THRESHOLD) -> pd.DataFrame:
+                    threshold: float = RESPONDER_THRESHOLD, folds=None) -> pd.DataFrame:
     """Per cell, whether it responds to its perturbation in ``latent``; a knockout cell that
     does not is an escaper. Mixscape's classifier, in any space: the perturbation's cells are
     projected on the direction from the controls' mean to theirs, and a two-component Gaussian
@@ -376,28 +453,32 @@ def call_responders(latent: np.ndarray, labels, control: str,
     other cells (leave-one-out), which keeps escapers' projections centred on the controls'.
     With ``significant`` (e.g. the perturbations of
     q < 0.05 in ``effect_sizes``), the cells of other perturbations are all escapers, as
-    Mixscape calls every cell of a knockout without DE genes non-perturbed.
+    Mixscape calls every cell of a knockout without DE genes non-perturbed. With ``folds``
+    (cross-fitted latents, see ``effect_sizes``), each fold's cells are called against its own
+    controls.
 
     Returns a frame in the cells' order: ``responder`` (bool; False for controls),
     ``probability`` of responding and ``projection`` (both NaN for controls and cells of
     perturbations not analysed)."""
     latent = np.asarray(latent, dtype=np.float64)
     labels = np.asarray(labels).astype(str)
-    names = _perturbations(labels, control, perturbations)
+    fold = np.zeros(len(labels), int) if folds is None else np.asarray(folds)
+    names = _perturbations(labels, control, perturbations, fold)
     keep = None if significant is None else set(map(str, significant))
     out = pd.DataFrame({"responder": np.zeros(len(labels), bool),
                         "probability": np.full(len(labels), np.nan),
                         "projection": np.full(len(labels), np.nan)})
-    controls = latent[labels == control]
     for name in names:
-        rows = np.flatnonzero(labels == name)
         if keep is not None and name not in keep:
-            out.loc[rows, "probability"] = 0.0
+            out.loc[labels == name, "probability"] = 0.0
             continue
-        probability, projection = _responder_probability(latent[rows], controls)
-        out.loc[rows, "probability"] = probability
-        out.loc[rows, "projection"] = projection
-        out.loc[rows, "responder"] = probability > threshold
+        for f in np.unique(fold):
+            rows = np.flatnonzero((labels == name) & (fold == f))
+            probability, projection = _responder_probability(
+                latent[rows], latent[(labels == control) & (fold == f)])
+            out.loc[rows, "probability"] = probability
+            out.loc[rows, "projection"] = projection
+            out.loc[rows, "responder"] = probability > threshold
     return out
 
 

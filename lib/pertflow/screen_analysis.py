@@ -5,7 +5,14 @@ perturbations in its salient space (``pertflow.screen`` holds the measures).
 contrastiveVI is trained with the keys of ``screen_keys``: a derived condition column
 (``CONDITION``: the control label or ``PERTURBED``) splits controls from every knockout, the
 perturbation column is the group (no group is held out) and the classifier's labels
-(``classifier_key``), so its classifier is multi-class over all targets, controls a class."""
+(``classifier_key``), so its classifier is multi-class over all targets, controls a class.
+
+Effects and responders are measured on cross-fitted latents: the cells are dealt into
+``n_folds`` folds (obs ``FOLD``, balanced per perturbation), one model per fold trains on the
+other folds and embeds its fold. A model's own training cells cannot be used: it is taught that
+controls sit at salient 0 and knockouts do not, and it learns which cells are which, so every
+knockout's training cells, those of knockouts without effect included, sit away from the
+controls (bench/README.md). The model on all cells gives the UMAPs and the latent DEGs."""
 
 from __future__ import annotations
 
@@ -25,10 +32,12 @@ log = logging.getLogger(__name__)
 
 CONDITION = "screen_condition"
 PERTURBED = "perturbed"
+FOLD = "screen_fold"  # obs column: the cross-fitting fold of each cell
 # contrastiveVI's params for a screen unless the entry's `params:` says otherwise: the
 # classifier over all perturbation labels and the controls' salient posterior pulled to 0.
 MODEL_DEFAULTS = {"classifier_weight": 1.0, "wasserstein_penalty": 1.0}
 N_TOP_DEGS = 10  # latent DEGs listed per perturbation in the table
+N_FOLDS = 2  # cross-fitting folds unless the entry's `n_folds:` says otherwise
 
 
 def screen_keys(spec: dict) -> Keys:
@@ -44,7 +53,10 @@ def prepare(raw: ad.AnnData, spec: dict, name: str, seed: int = 0) -> ad.AnnData
     covariates = spec.get("covariates", [])
     counts = spec.get("counts", "X")
     layer = counts["layer"] if isinstance(counts, dict) else None
-    kept = screen.check_screen(raw, key, control, covariates, spec.get("min_cells", 1),
+    n_folds = spec.get("n_folds", N_FOLDS)
+    # Each fold's model embeds at least 2 cells of every perturbation and of the controls.
+    kept = screen.check_screen(raw, key, control, covariates,
+                               max(spec.get("min_cells", 1), 2 * n_folds),
                                counts_layer=layer, name=name)
     adata = raw[raw.obs[key].astype(str).isin([control, *kept]).to_numpy()].copy()
     if layer is not None:
@@ -63,6 +75,7 @@ def prepare(raw: ad.AnnData, spec: dict, name: str, seed: int = 0) -> ad.AnnData
         adata = adata[:, adata.var["highly_variable"].to_numpy()].copy()
     adata.obs[key] = adata.obs[key].astype(str).astype("category")
     adata.obs[CONDITION] = np.where(adata.obs[key].astype(str) == control, control, PERTURBED)
+    adata.obs[FOLD] = screen.fold_of(adata.obs[key], n_folds, seed)
     adata.uns.pop("qc_warnings", None)
     log.info("%s: %d cells × %d genes, %d perturbations besides '%s'", name, *adata.shape,
              adata.obs[key].nunique() - 1, control)
@@ -76,26 +89,51 @@ def model_params(spec: dict) -> dict:
             "classifier_key": spec["perturbation_key"], "covariates": spec.get("covariates", [])}
 
 
-def train(adata: ad.AnnData, spec: dict, seed: int):
+def train(adata: ad.AnnData, spec: dict, seed: int, fold: int | None = None):
+    """contrastiveVI on all cells, or on the cells outside ``fold`` (obs ``FOLD``)."""
     cls = get_model_class("contrastivevi")
+    if fold is not None:
+        adata = adata[adata.obs[FOLD].to_numpy() != fold].copy()
     return cls(screen_keys(spec)).fit(adata, model_params(spec), seed=seed)
 
 
-def analyse(adata: ad.AnnData, model, spec: dict, seed: int = 0, n_permutations: int = 1000,
+def cross_fitted_salient(adata: ad.AnnData, fold_models: list) -> np.ndarray:
+    """Each cell's salient posterior mean from the model of its fold (``fold_models[k]`` did not
+    train on fold k): comparable within a fold only."""
+    fold = adata.obs[FOLD].to_numpy()
+    if len(fold_models) != len(np.unique(fold)):
+        raise ValueError(f"{len(fold_models)} fold models for {len(np.unique(fold))} folds")
+    salient = None
+    for k, model in enumerate(fold_models):
+        rows = np.flatnonzero(fold == k)
+        part = model.embed(adata[rows])["X_salient"]
+        salient = np.zeros((adata.n_obs, part.shape[1]), part.dtype) if salient is None else salient
+        salient[rows] = part
+    return salient
+
+
+def analyse(adata: ad.AnnData, model, fold_models: list, spec: dict, seed: int = 0,
+            n_permutations: int = 1000,
             n_samples: int = 20) -> tuple[ad.AnnData, pd.DataFrame, pd.DataFrame]:
-    """The cells with their latents (obsm ``X_salient``, ``X_background``, ``X_pca``) and calls
-    (obs ``responder``, ``mixscape_class_global``), the per-perturbation table (effect
-    E-distance with permutation p and BH q in the salient space, responder fraction, the
-    Mixscape-like baseline's responder fraction, top latent DEGs) and the latent DE table."""
+    """The cells with their latents (obsm ``X_salient``, ``X_background`` from ``model``,
+    ``X_salient_cross_fitted`` from ``fold_models``, ``X_pca``) and calls (obs ``responder``,
+    ``mixscape_class_global``), the per-perturbation table (effect: cross-fitted salient
+    E-distance with permutation p and BH q; the model-free expression statistic with its own;
+    responder fraction, the Mixscape-like baseline's, top latent DEGs) and the latent DE
+    table."""
     key, control = spec["perturbation_key"], spec["control"]
     labels = adata.obs[key].astype(str).to_numpy()
+    fold = adata.obs[FOLD].to_numpy()
     adata = adata.copy()
     adata.obsm.update(model.embed(adata))
-    salient = adata.obsm["X_salient"]
-    effects = screen.effect_sizes(salient, labels, control, n_permutations=n_permutations,
-                                  seed=seed)
+    held_out = adata.obsm["X_salient_cross_fitted"] = cross_fitted_salient(adata, fold_models)
+    effects = screen.effect_sizes(held_out, labels, control, n_permutations=n_permutations,
+                                  seed=seed, folds=fold)
+    expression = screen.expression_effects(adata.X, labels, control,
+                                           n_permutations=n_permutations, seed=seed)
     significant = effects.index[effects["q_value"] < 0.05]
-    calls = screen.call_responders(salient, labels, control, significant=significant)
+    calls = screen.call_responders(held_out, labels, control, significant=significant,
+                                   folds=fold)
     adata.obs["responder"] = calls["responder"].to_numpy()
     adata.obs["responder_probability"] = calls["probability"].to_numpy()
     split_by = (spec.get("covariates") or [None])[0]
@@ -113,6 +151,7 @@ def analyse(adata: ad.AnnData, model, spec: dict, seed: int = 0, n_permutations:
                           "ko": adata.obs["mixscape_class_global"].astype(str) == "KO"})
     fractions = cells[cells["perturbation"] != control].groupby("perturbation")[
         ["responder", "ko"]].mean()
+    table = table.join(expression[["t2", "p_value", "q_value"]].add_prefix("expression_"))
     table["responder_fraction"] = fractions["responder"]
     table["mixscape_responder_fraction"] = fractions["ko"]
     top = de[de["rank"] <= N_TOP_DEGS].groupby("perturbation")["gene"].agg(", ".join)
@@ -144,8 +183,9 @@ def umap_figure(adata: ad.AnnData, spec: dict, seed: int = 0):
 
 
 def ranked_figure(table: pd.DataFrame, q: float = 0.05):
-    """Every target ranked by its effect (salient E-distance), significant ones (q < ``q``)
-    dark, with its responder fraction."""
+    """Every target ranked by its effect (cross-fitted salient E-distance), significant ones
+    (q < ``q``) dark, a triangle over those the model-free expression statistic finds
+    (q < ``q``), and its responder fraction."""
     import matplotlib.pyplot as plt
 
     table = table.sort_values("e_distance", ascending=False)
@@ -153,7 +193,12 @@ def ranked_figure(table: pd.DataFrame, q: float = 0.05):
     dark = table["q_value"].to_numpy() < q
     ax.bar(np.arange(len(table)), table["e_distance"], color=np.where(dark, "0.2", "0.7"))
     ax.set_xticks(np.arange(len(table)), table["perturbation"], rotation=90, fontsize=7)
-    ax.set_ylabel("effect: salient E-distance to controls")
+    height = table["e_distance"].to_numpy()
+    found = table["expression_q_value"].to_numpy() < q
+    ax.plot(np.flatnonzero(found), np.maximum(height[found], 0) + 0.03 * np.abs(height).max(),
+            "v", color="tab:blue", ms=4, label=f"expression statistic q < {q}")
+    ax.legend(fontsize=7, loc="upper right", frameon=False)
+    ax.set_ylabel("effect: salient E-distance to controls (cross-fitted)")
     twin = ax.twinx()
     twin.plot(np.arange(len(table)), table["responder_fraction"], "o", color="tab:red", ms=3)
     twin.set_ylim(0, 1.05)

@@ -273,10 +273,16 @@ SCREEN = "results/{screen}"
 
 wildcard_constraints:
     screen="|".join(map(re.escape, SCREENS)) or "no-screen",
+    fit=r"all|fold\d+",
 
 
 def screen_spec(wildcards):
     return config["screens"][wildcards.screen]
+
+
+def screen_fold_models(wildcards):
+    n_folds = screen_spec(wildcards)["n_folds"]
+    return [f"results/{wildcards.screen}/models/fold{k}" for k in range(n_folds)]
 
 
 def screen_raw(wildcards):

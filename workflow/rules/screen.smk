@@ -50,15 +50,18 @@ rule screen_prepare:
         "../../scripts/screen_prepare.py"
 
 
+# The model on all cells ({fit} = all) gives the UMAPs and latent DEGs; one model per
+# cross-fitting fold ({fit} = fold<k>, trained on the other folds) embeds that fold's cells
+# for the effects and responder calls.
 rule screen_train:
     input:
         f"{SCREEN}/cells.h5ad",
     output:
-        directory(f"{SCREEN}/model"),
+        directory(f"{SCREEN}/models/{{fit}}"),
     log:
-        f"{SCREEN}/logs/screen_train.log",
+        f"{SCREEN}/logs/screen_train/{{fit}}.log",
     benchmark:
-        f"{SCREEN}/benchmarks/screen_train.tsv"
+        f"{SCREEN}/benchmarks/screen_train/{{fit}}.tsv"
     conda:
         "../../envs/models.yaml"
     params:
@@ -67,6 +70,7 @@ rule screen_train:
             for k, v in screen_spec(w).items()
             if k in ("perturbation_key", "control", "covariates", "params")
         },
+        fold=lambda w: None if w.fit == "all" else int(w.fit.removeprefix("fold")),
         seed=lambda w: screen_spec(w)["seed"],
     script:
         "../../scripts/screen_train.py"
@@ -75,7 +79,8 @@ rule screen_train:
 rule screen_analyse:
     input:
         cells=f"{SCREEN}/cells.h5ad",
-        model=f"{SCREEN}/model",
+        model=f"{SCREEN}/models/all",
+        fold_models=screen_fold_models,
     output:
         table=report(
             f"{SCREEN}/perturbations.csv",
