@@ -282,6 +282,8 @@ def _relabel(adata, column, mask, value):
     ("missing_covariate", "covariate column 'lane'"),
     ("covariate_in_one_perturbation", "covariate 'batch' category 'lane9'"),
     ("not_integer", "not integer"),
+    ("few_controls_in_a_batch", r"only 5 control cells \('non-targeting'\) in batch category "
+                                r"'batch2'; the Mixscape-like baseline needs more than 20"),
 ])
 def test_check_screen_bad_input(counts, case, match):
     adata, kwargs = counts, {}
@@ -295,6 +297,10 @@ def test_check_screen_bad_input(counts, case, match):
         kwargs = {"perturbations": ["KO01", CONTROL]}
     elif case == "missing_covariate":
         kwargs = {"covariates": ["lane"]}
+    elif case == "few_controls_in_a_batch":
+        in_batch = ((labels == CONTROL) & (counts.obs["batch"] == "batch2")).to_numpy()
+        adata = _relabel(counts, "perturbation", in_batch & (np.cumsum(in_batch) > 5), "KO01")
+        kwargs = {"covariates": ["batch"]}
     elif case == "covariate_in_one_perturbation":
         adata = _relabel(counts, "batch", (labels == "KO02").to_numpy(), "lane9")
         kwargs = {"covariates": ["batch"]}

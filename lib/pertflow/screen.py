@@ -62,6 +62,7 @@ ARRESTED_PROBABILITIES = (0.85, 0.075, 0.075)  # responders of a cycle-shifting 
 EFFECTS = ("strong", "weak", "none")
 MIXSCAPE_LAYER = "X_pert"  # pertpy's names for the signature layer and the class columns
 RESPONDER_THRESHOLD = 0.5
+MIXSCAPE_NEIGHBORS = 20  # control cells averaged into each cell's perturbation signature
 
 
 # ---- simulation -----------------------------------------------------------------------------
@@ -254,6 +255,21 @@ def check_screen(adata: ad.AnnData, perturbation_key: str, control: str,
                 f"perturbation only ('{owner}'), so its effect cannot be told from that "
                 f"perturbation's; merge the category with another, drop its cells, or leave "
                 f"'{key}' out of `covariates:`.")
+    # The Mixscape-like baseline averages neighbours among the controls of the first covariate's
+    # category (the analysis's split_by), so each category needs more than that many.
+    split_by = next(iter(covariates), None)
+    controls = labels[labels == control]
+    per_category = controls.groupby(adata.obs.loc[controls.index, split_by].astype(str)
+                                    .to_numpy()).size() if split_by else \
+        pd.Series({"the screen": len(controls)})
+    few = per_category[per_category <= MIXSCAPE_NEIGHBORS]
+    if len(few):
+        where_few = f"{split_by} category {few.index[0]!r}" if split_by else "the screen"
+        raise DataError(f"{where}: only {few.iloc[0]} control cells ('{control}') in {where_few}; "
+                        f"the Mixscape-like baseline needs more than {MIXSCAPE_NEIGHBORS}: add "
+                        "control cells" + (f", or merge the category with another or leave "
+                                           f"'{split_by}' out of `covariates:`" if split_by
+                                           else "") + ".")
     X = adata.X if counts_layer is None else adata.layers[counts_layer] \
         if counts_layer in adata.layers else None
     if X is None:
@@ -555,7 +571,8 @@ def _fixed_component_mixture(x: np.ndarray, x0: np.ndarray, pooled: bool,
 
 # ---- Mixscape-like baseline -----------------------------------------------------------------
 def perturbation_signature(adata: ad.AnnData, perturbation_key: str, control: str,
-                           split_by: str | None = None, n_neighbors: int = 20, n_pcs: int = 40,
+                           split_by: str | None = None, n_neighbors: int = MIXSCAPE_NEIGHBORS,
+                           n_pcs: int = 40,
                            seed: int = 0) -> None:
     """pertpy's ``Mixscape.perturbation_signature`` written out: each cell's log-normalised
     expression minus the mean of its ``n_neighbors`` nearest control cells in a PCA of ``X``
@@ -590,7 +607,7 @@ def perturbation_signature(adata: ad.AnnData, perturbation_key: str, control: st
 
 
 def mixscape(adata: ad.AnnData, perturbation_key: str, control: str,
-             split_by: str | None = None, n_neighbors: int = 20, n_pcs: int = 40,
+             split_by: str | None = None, n_neighbors: int = MIXSCAPE_NEIGHBORS, n_pcs: int = 40,
              min_de_genes: int = 5, logfc_threshold: float = 0.25, pval_cutoff: float = 0.05,
              max_iter: int = 10, seed: int = 0) -> None:
     """Responder classification as pertpy's ``Mixscape.mixscape`` (Papalexi et al. 2021), on the
