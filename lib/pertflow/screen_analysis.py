@@ -103,12 +103,10 @@ def cross_fitted_salient(adata: ad.AnnData, fold_models: list) -> np.ndarray:
     fold = adata.obs[FOLD].to_numpy()
     if len(fold_models) != len(np.unique(fold)):
         raise ValueError(f"{len(fold_models)} fold models for {len(np.unique(fold))} folds")
-    salient = None
-    for k, model in enumerate(fold_models):
-        rows = np.flatnonzero(fold == k)
-        part = model.embed(adata[rows])["X_salient"]
-        salient = np.zeros((adata.n_obs, part.shape[1]), part.dtype) if salient is None else salient
-        salient[rows] = part
+    parts = [model.embed(adata[fold == k])["X_salient"] for k, model in enumerate(fold_models)]
+    salient = np.zeros((adata.n_obs, parts[0].shape[1]), parts[0].dtype)
+    for k, part in enumerate(parts):
+        salient[fold == k] = part
     return salient
 
 
