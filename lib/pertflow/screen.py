@@ -255,9 +255,9 @@ def check_screen(adata: ad.AnnData, perturbation_key: str, control: str,
                 f"perturbation only ('{owner}'), so its effect cannot be told from that "
                 f"perturbation's; merge the category with another, drop its cells, or leave "
                 f"'{key}' out of `covariates:`.")
-    # The Mixscape-like baseline averages neighbours among the controls of the first covariate's
-    # category (the analysis's split_by), so each category needs more than that many.
-    split_by = next(iter(covariates), None)
+    # The Mixscape-like baseline averages neighbours among the controls of each category of
+    # its split_by, so each category needs more than that many.
+    split_by = mixscape_split_by(covariates)
     controls = labels[labels == control]
     per_category = controls.groupby(adata.obs.loc[controls.index, split_by].astype(str)
                                     .to_numpy()).size() if split_by else \
@@ -291,6 +291,12 @@ def check_screen(adata: ad.AnnData, perturbation_key: str, control: str,
         raise DataError(f"{where}: no perturbation has {min_cells} cells or more; lower "
                         "`min_cells:`.")
     return kept
+
+
+def mixscape_split_by(covariates: Iterable[str]) -> str | None:
+    """The covariate within whose categories the Mixscape-like baseline picks control
+    neighbours: the first one (batch or lane, by convention), or none."""
+    return next(iter(covariates), None)
 
 
 # ---- effect size ----------------------------------------------------------------------------
@@ -365,15 +371,10 @@ def expression_effects(X, labels, control: str, perturbations: Iterable[str] | N
     for name in names:
         cells = _at_most(np.flatnonzero(labels == name), max_cells, rng)
         pooled = dense(X[np.r_[cells, controls]]).astype(np.float64)
-        n, n_a = len(pooled), len(cells)
-        labellings = np.zeros((n_permutations + 1, n))
-        labellings[0, :n_a] = 1.0
-        picks = np.argsort(rng.random((n_permutations, n)), axis=1)[:, :n_a]
-        np.put_along_axis(labellings[1:], picks, 1.0, axis=1)
-        t2 = np.concatenate([_mean_t2(pooled, labellings[i:i + 250])
-                             for i in range(0, len(labellings), 250)])
-        p_value = (1 + np.sum(t2[1:] >= t2[0])) / (1 + n_permutations)
-        rows.append((name, int(np.sum(labels == name)), t2[0], p_value))
+        observed, null = _permutation_test(lambda Z: _mean_t2(pooled, Z), len(pooled),
+                                           len(cells), n_permutations, rng)
+        p_value = (1 + np.sum(null >= observed)) / (1 + n_permutations)
+        rows.append((name, int(np.sum(labels == name)), observed, p_value))
     return _with_q(pd.DataFrame(rows, columns=["perturbation", "n_cells", "t2", "p_value"]), "t2")
 
 
@@ -414,14 +415,22 @@ def _e_distance_permutations(A: np.ndarray, B: np.ndarray, n_permutations: int,
         s_bb = total - s_aa - 2 * s_ab
         return 2 * s_ab / (n_a * n_b) - s_aa / (n_a * (n_a - 1)) - s_bb / (n_b * (n_b - 1))
 
-    observed = float(e(np.r_[np.ones(n_a), np.zeros(n_b)][None])[0])
+    return _permutation_test(e, n, n_a, n_permutations, rng)
+
+
+def _permutation_test(statistic: Callable[[np.ndarray], np.ndarray], n: int, n_a: int,
+                      n_permutations: int, rng: np.random.Generator) -> tuple[float, np.ndarray]:
+    """``statistic`` of the labelling that puts the first ``n_a`` of ``n`` pooled cells in
+    group A, and of ``n_permutations`` random labellings; it maps 0/1 labellings (rows, m × n)
+    to one value each."""
+    observed = float(statistic(np.r_[np.ones(n_a), np.zeros(n - n_a)][None])[0])
     null = np.empty(n_permutations)
     for start in range(0, n_permutations, 250):  # bounded memory: 250 × n labellings at once
         m = min(250, n_permutations - start)
         Z = np.zeros((m, n))
         picks = np.argsort(rng.random((m, n)), axis=1)[:, :n_a]
         np.put_along_axis(Z, picks, 1.0, axis=1)
-        null[start:start + m] = e(Z)
+        null[start:start + m] = statistic(Z)
     return observed, null
 
 

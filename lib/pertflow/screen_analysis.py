@@ -134,8 +134,8 @@ def analyse(adata: ad.AnnData, model, fold_models: list, spec: dict, seed: int =
                                    folds=fold)
     adata.obs["responder"] = calls["responder"].to_numpy()
     adata.obs["responder_probability"] = calls["probability"].to_numpy()
-    split_by = (spec.get("covariates") or [None])[0]
-    screen.mixscape(adata, key, control, split_by=split_by, seed=seed)
+    screen.mixscape(adata, key, control,
+                    split_by=screen.mixscape_split_by(spec.get("covariates") or []), seed=seed)
     adata.layers.pop(screen.MIXSCAPE_LAYER, None)
 
     samples = model.sample_latents(adata, n_samples=n_samples, seed=seed)
