@@ -30,7 +30,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from pertflow.preprocess import recover_counts
+from pertflow.data.preprocess import recover_counts
 from pertflow.utils import dense
 
 DATA = ROOT.parent / "shared" / "data" / "kang2018_scgen_valid.h5ad"
@@ -143,9 +143,9 @@ def heldout_r2(adata: ad.AnnData, group: str) -> dict:
     """Train ours (default settings) on every cell but ``group``'s stimulated ones and score the
     prediction from its controls, for both ways of mapping the decoder output to X's scale."""
     from pertflow.keys import Keys
-    from pertflow.metrics import score, top_degs
+    from pertflow.benchmark.metrics import score, top_degs
     from pertflow.models import get_model_class
-    from pertflow.splits import split
+    from pertflow.data.splits import split
 
     keys = Keys(CONDITION, CONTROL, PERTURBED, GROUP)
     parts = split(adata, keys, group)

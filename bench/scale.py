@@ -43,12 +43,12 @@ def run_stage(stage: str, workdir: Path, n_cells: int, n_genes: int,
     import anndata as ad
 
     from pertflow.keys import dataset_keys
-    from pertflow.data import read_h5ad, standardise
-    from pertflow.metrics import top_degs
+    from pertflow.data.io import read_h5ad, standardise
+    from pertflow.benchmark.metrics import top_degs
     from pertflow.models import get_model_class
-    from pertflow.preprocess import preprocess
-    from pertflow.simulate import simulate
-    from pertflow.splits import choose_held_out_groups, split
+    from pertflow.data.preprocess import preprocess
+    from pertflow.simulate.experiment import simulate
+    from pertflow.data.splits import choose_held_out_groups, split
     from pertflow.utils import write_h5ad
 
     name, spec = dataset_spec(n_top_genes)

@@ -6,7 +6,7 @@ this environment) the reference in the same run; prints seconds per epoch of bot
 both models' R² (all genes / top-100 DEGs) per seed and averaged, and our peak RSS. The reference
 trains in a fresh child process each seed, with glibc's default allocator as users run it;
 ``--reference-reuse-memory`` gives it the allocator settings our models use (see
-``pertflow.torch_utils.reuse_freed_memory``), to show how much of the ratio they explain.
+``pertflow.models.torch_utils.reuse_freed_memory``), to show how much of the ratio they explain.
 
 Part 2, the shipped defaults: every cell type held out in turn, our scGen with its default
 parameters (and the same trained model with the reference's delta) beside the mean_shift and
@@ -37,11 +37,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from pertflow.metrics import r2_mean, top_degs
+from pertflow.benchmark.metrics import r2_mean, top_degs
 from pertflow.keys import Keys
 from pertflow.models import get_model_class
-from pertflow.splits import split as leave_one_out
-from pertflow.torch_utils import reuse_freed_memory
+from pertflow.data.splits import split as leave_one_out
+from pertflow.models.torch_utils import reuse_freed_memory
 from pertflow.utils import dense
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "kang2018_scgen_valid.h5ad"
@@ -49,7 +49,7 @@ KEYS = Keys(condition="condition", control="control", perturbed="stimulated", gr
 
 
 def split(adata: ad.AnnData, group: str) -> tuple[ad.AnnData, ad.AnnData, ad.AnnData]:
-    """The workflow's split (``pertflow.splits.split``): training cells, the group's controls,
+    """The workflow's split (``pertflow.data.splits.split``): training cells, the group's controls,
     its perturbed cells."""
     parts = leave_one_out(adata, KEYS, group)
     return parts["train"], parts["control"], parts["truth"]

@@ -8,7 +8,7 @@ trained once with its shipped training settings, then predicting with each ``del
 (``prediction``); with ``--deep contrastivevi``, contrastiveVI trained once and predicting with
 each ``salient_transfer`` (average, similarity, transport), expected and sampled. Every run is
 scored with the
-workflow's metrics (``pertflow.metrics.score``); the table is written to ``--out`` and summarised
+workflow's metrics (``pertflow.benchmark.metrics.score``); the table is written to ``--out`` and summarised
 with the workflow's summary (means, 95% intervals, paired differences to the strongest baseline).
 
     .venv/bin/python bench/transfer_kang.py --seeds 0 1 2 --out results/bench/transfer_kang.csv
@@ -30,13 +30,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pertflow.metrics import score, top_degs
+from pertflow.benchmark.metrics import score, top_degs
 from pertflow.keys import Keys
 from pertflow.models import get_model_class
-from pertflow.preprocess import preprocess, recover_counts
-from pertflow.simulate import simulate
-from pertflow.splits import split
-from pertflow.summary import ALL_GROUPS, summarise, summary_markdown
+from pertflow.data.preprocess import preprocess, recover_counts
+from pertflow.simulate.experiment import simulate
+from pertflow.data.splits import split
+from pertflow.benchmark.summary import ALL_GROUPS, summarise, summary_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "kang2018_scgen_valid.h5ad"

@@ -2,7 +2,7 @@
 
 For each held-out type the models train on every other cell (the type's perturbed cells are the
 truth) and predict its control cells under stimulation. Prints, per type and model, the metrics
-of ``pertflow.metrics.score`` that show a collapse to the mean — R² of per-gene means and of
+of ``pertflow.benchmark.metrics.score`` that show a collapse to the mean — R² of per-gene means and of
 per-gene variances (top-100 Wilcoxon DEGs / all genes), the E-distance in a PCA of truth and
 control — and the median per-gene SD of the predicted cells beside the true cells' and the
 controls'; then the fit and predict seconds, the peak RSS, and how correlated the predicted deltas
@@ -37,10 +37,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from pertflow.metrics import score, top_degs
+from pertflow.benchmark.metrics import score, top_degs
 from pertflow.keys import Keys
 from pertflow.models import get_model_class
-from pertflow.splits import split
+from pertflow.data.splits import split
 from pertflow.utils import dense
 
 KANG = ROOT.parent / "shared" / "data" / "kang2018_scgen_valid.h5ad"

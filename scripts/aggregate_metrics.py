@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from pertflow.logs import log_to
-from pertflow.summary import metrics_table
+from pertflow.benchmark.summary import metrics_table
 from pertflow.utils import atomic_path
 
 with log_to(snakemake.log[0]) as log:

@@ -2,7 +2,7 @@
 one table; a dataset whose models do not transfer gets the header alone."""
 
 from pertflow.logs import log_to
-from pertflow.summary import WEIGHT_PREFIX, read_transfer, transfer_table
+from pertflow.benchmark.summary import WEIGHT_PREFIX, read_transfer, transfer_table
 from pertflow.utils import atomic_path
 
 with log_to(snakemake.log[0]) as log:

@@ -1,6 +1,6 @@
 """Download the dataset declared under `source: url:`, verifying its sha256 when given."""
 
-from pertflow.data import download
+from pertflow.data.io import download
 from pertflow.logs import log_to
 
 with log_to(snakemake.log[0]):

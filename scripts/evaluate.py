@@ -4,10 +4,10 @@ import json
 
 import anndata as ad
 
-from pertflow.data import perturbed_mean
+from pertflow.data.io import perturbed_mean
 from pertflow.keys import Keys
 from pertflow.logs import log_to
-from pertflow.metrics import read_degs, score
+from pertflow.benchmark.metrics import read_degs, score
 from pertflow.utils import atomic_path
 
 with log_to(snakemake.log[0]) as log:

@@ -7,7 +7,7 @@ import anndata as ad
 
 from pertflow.keys import Keys
 from pertflow.logs import log_to
-from pertflow.splits import cell_counts, choose_held_out, names_several, perturbation_labels
+from pertflow.data.splits import cell_counts, choose_held_out, names_several, perturbation_labels
 from pertflow.utils import atomic_path
 
 with log_to(snakemake.log[0]) as log:

@@ -3,7 +3,7 @@
 import pandas as pd
 
 from pertflow.logs import log_to
-from pertflow.plots import cost_bars, model_colors, save
+from pertflow.benchmark.figures import cost_bars, model_colors, save
 
 with log_to(snakemake.log[0]) as log:
     # {benchmark path: {"model", "perturbation", "group", "seed"}}

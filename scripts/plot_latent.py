@@ -8,8 +8,8 @@ import anndata as ad
 from pertflow.keys import Keys
 from pertflow.logs import log_to
 from pertflow.models import get_model_class
-from pertflow.plots import latent_umaps, save
-from pertflow.preprocess import score_cell_cycle
+from pertflow.benchmark.figures import latent_umaps, save
+from pertflow.data.preprocess import score_cell_cycle
 
 with log_to(snakemake.log[0]) as log:
     keys, entry = Keys(**snakemake.params.experiment_keys), snakemake.params.entry

@@ -6,8 +6,8 @@ import anndata as ad
 import pandas as pd
 
 from pertflow.logs import log_to
-from pertflow.metrics import read_degs
-from pertflow.plots import model_colors, perturbation_panels, save
+from pertflow.benchmark.metrics import read_degs
+from pertflow.benchmark.figures import model_colors, perturbation_panels, save
 
 with log_to(snakemake.log[0]) as log:
     model = snakemake.wildcards.model

@@ -3,7 +3,7 @@
 import pandas as pd
 
 from pertflow.logs import log_to
-from pertflow.plots import model_colors, perturbations_of, r2_bars, save
+from pertflow.benchmark.figures import model_colors, perturbations_of, r2_bars, save
 
 with log_to(snakemake.log[0]) as log:
     metrics = pd.read_csv(snakemake.input[0])

@@ -6,8 +6,8 @@ from pathlib import Path
 import anndata as ad
 
 from pertflow.logs import log_to
-from pertflow.metrics import read_degs
-from pertflow.plots import model_colors, save, top_deg_violins
+from pertflow.benchmark.metrics import read_degs
+from pertflow.benchmark.figures import model_colors, save, top_deg_violins
 
 with log_to(snakemake.log[0]) as log:
     colors = model_colors(snakemake.params.models)

@@ -3,9 +3,9 @@ QC's counts and warnings (a rule that matched no gene) to qc.json for the summar
 
 import json
 
-from pertflow.data import read_h5ad, standardise
+from pertflow.data.io import read_h5ad, standardise
 from pertflow.logs import log_to
-from pertflow.preprocess import preprocess
+from pertflow.data.preprocess import preprocess
 from pertflow.utils import atomic_path, write_h5ad
 
 with log_to(snakemake.log[0]) as log:

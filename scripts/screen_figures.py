@@ -4,7 +4,7 @@ import anndata as ad
 import pandas as pd
 
 from pertflow.logs import log_to
-from pertflow.plots import save
+from pertflow.benchmark.figures import save
 from pertflow.screen_analysis import ranked_figure, umap_figure
 
 with log_to(snakemake.log[0]):

@@ -1,6 +1,6 @@
 """Check the screen, then QC, normalise, score the cell cycle and select HVGs."""
 
-from pertflow.data import read_h5ad
+from pertflow.data.io import read_h5ad
 from pertflow.logs import log_to
 from pertflow.screen_analysis import prepare
 from pertflow.utils import write_h5ad

@@ -1,7 +1,7 @@
 """Simulate the dataset declared under `source: simulate:`."""
 
 from pertflow.logs import log_to
-from pertflow.simulate import simulate
+from pertflow.simulate.experiment import simulate
 from pertflow.utils import write_h5ad
 
 with log_to(snakemake.log[0]) as log:

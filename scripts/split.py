@@ -4,8 +4,8 @@ import anndata as ad
 
 from pertflow.keys import Keys
 from pertflow.logs import log_to
-from pertflow.metrics import top_degs
-from pertflow.splits import choose_held_out, split
+from pertflow.benchmark.metrics import top_degs
+from pertflow.data.splits import choose_held_out, split
 from pertflow.utils import atomic_path, write_h5ad
 
 with log_to(snakemake.log[0]) as log:

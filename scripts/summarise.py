@@ -10,9 +10,9 @@ import pandas as pd
 
 from pertflow.errors import DataError
 from pertflow.logs import log_to
-from pertflow.summary import summarise, summary_markdown
+from pertflow.benchmark.summary import summarise, summary_markdown
 from pertflow.utils import atomic_path
-from pertflow.verdict import escape, verdict_rst
+from pertflow.benchmark.verdict import escape, verdict_rst
 
 with log_to(snakemake.log[0]) as log:
     dataset, baselines = snakemake.wildcards.dataset, snakemake.params.baselines

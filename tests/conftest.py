@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 KANG = ROOT.parent / "shared" / "data" / "kang2018_scgen_valid.h5ad"
 
 from pertflow.keys import Keys
-from pertflow.preprocess import preprocess
-from pertflow.simulate import simulate
+from pertflow.data.preprocess import preprocess
+from pertflow.simulate.experiment import simulate
 
 SIM_KEYS = Keys(condition="condition", control="control", perturbed="stimulated",
                 group="cell_type")

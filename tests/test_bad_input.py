@@ -25,7 +25,7 @@ from conftest import SNAKEMAKE, TINY_MODELS
 from pertflow.config import validate_config
 from pertflow.errors import ConfigError
 from pertflow.models.baselines import MeanShift
-from pertflow.simulate import simulate
+from pertflow.simulate.experiment import simulate
 
 GOOD = {"condition_key": "condition", "control": "control", "perturbed": "stimulated",
         "group_key": "cell_type", "held_out": ["T-helper"], "min_cells": 5}

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from pertflow.data import download, perturbed_mean, read_h5ad, standardise
+from pertflow.data.io import download, perturbed_mean, read_h5ad, standardise
 from pertflow.errors import ConfigError, DataError, DownloadError
-from pertflow.preprocess import QC_DEFAULTS, preprocess, recover_counts
-from pertflow.simulate import simulate
+from pertflow.data.preprocess import QC_DEFAULTS, preprocess, recover_counts
+from pertflow.simulate.experiment import simulate
 
 SPEC = {"condition_key": "condition", "control": "control", "perturbed": "stimulated",
         "group_key": "cell_type", "counts": "X"}

@@ -8,11 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pertflow.data import source_path, standardise
+from pertflow.data.io import source_path, standardise
 from pertflow.errors import DataError
 from pertflow.models.baselines import MeanShift
-from pertflow.preprocess import SYMBOL, cell_cycle_genes, gene_symbols, preprocess, score_cell_cycle
-from pertflow.simulate import simulate
+from pertflow.data.preprocess import SYMBOL, cell_cycle_genes, gene_symbols, preprocess, score_cell_cycle
+from pertflow.simulate.experiment import simulate
 
 SPEC = {"condition_key": "condition", "control": "control", "perturbed": "stimulated",
         "group_key": "cell_type", "counts": "X"}
@@ -58,16 +58,16 @@ def test_missing_symbol_column_names_the_dataset_and_the_columns(by_id):
 
 
 def test_symbols_label_plots_and_find_cell_cycle_genes(by_id):
-    from pertflow import plots
+    from pertflow.benchmark import figures
 
     adata = standardise(by_id, {**SPEC, "gene_symbols": "symbol"}, "d")
     assert SYMBOL in adata.var
     adata = preprocess(adata)
     genes = adata.var_names[10:13].tolist()  # ISG0..2 by symbol
-    fig = plots.expression_scatter(adata, adata, genes, "t", n_labels=3)
+    fig = figures.expression_scatter(adata, adata, genes, "t", n_labels=3)
     labels = [t.get_text() for t in fig.axes[0].texts]
     assert {"ISG0", "ISG1", "ISG2"} <= set(labels) and not any("ENSG" in t for t in labels)
-    fig = plots.top_deg_violins(adata, adata, {}, genes, {}, "t")
+    fig = figures.top_deg_violins(adata, adata, {}, genes, {}, "t")
     assert [ax.get_title() for ax in fig.axes[:3]] == ["ISG0", "ISG1", "ISG2"]
     # Cell-cycle genes are matched by symbol (the simulation's are not Tirosh's: none match).
     renamed = adata.copy()

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from pertflow import metrics
+from pertflow.benchmark import metrics
 
 
 @pytest.fixture

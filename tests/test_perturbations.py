@@ -13,9 +13,9 @@ import scipy.sparse as sp
 import yaml
 
 from conftest import ROOT, SNAKEMAKE, TINY_MODELS, with_params
-from pertflow.data import standardise
+from pertflow.data.io import standardise
 from pertflow.keys import dataset_keys
-from pertflow.splits import HeldOut, choose_held_out, perturbation_labels
+from pertflow.data.splits import HeldOut, choose_held_out, perturbation_labels
 
 HABER_CONFIG = ROOT / "config" / "haber.yaml"
 # The obs layout of pertpy's haber_2017_regions: condition and cell_label categorical, one batch

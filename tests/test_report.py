@@ -23,9 +23,9 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from pertflow.metrics import METRICS
-from pertflow.summary import comparisons
-from pertflow.verdict import difference_cell
+from pertflow.benchmark.metrics import METRICS
+from pertflow.benchmark.summary import comparisons
+from pertflow.benchmark.verdict import difference_cell
 
 pytestmark = pytest.mark.workflow
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--cores", "1"]

@@ -13,11 +13,11 @@ import torch
 
 from pertflow.errors import ConfigError
 from pertflow.keys import Keys
-from pertflow.metrics import r2_mean, top_degs
+from pertflow.benchmark.metrics import r2_mean, top_degs
 from pertflow.models import get_model_class
 from pertflow.models.scgen import (VAE, ArithmeticCheck, SparseRows, as_csr, decode, latent_delta,
                                    lr_factor)
-from pertflow.splits import split
+from pertflow.data.splits import split
 
 # Small and quick: the simulated set has 300 genes, so a narrow network trains in seconds.
 FAST = {"n_hidden": 64, "n_latent": 8, "batch_size": 64, "max_epochs": 6, "patience": None,

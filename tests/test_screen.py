@@ -9,7 +9,7 @@ from scipy.spatial.distance import cdist
 
 from pertflow import screen
 from pertflow.errors import DataError
-from pertflow.preprocess import cell_cycle_genes, preprocess, score_cell_cycle
+from pertflow.data.preprocess import cell_cycle_genes, preprocess, score_cell_cycle
 
 CONTROL = screen.DEFAULTS["control"]
 SMALL = {"n_cells": 2400, "n_genes": 400, "seed": 1}

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import scanpy as sc
 
-from pertflow.preprocess import TARGET_SUM
-from pertflow.simulate import PERTURBATIONS, simulate
+from pertflow.data.preprocess import TARGET_SUM
+from pertflow.simulate.experiment import PERTURBATIONS, simulate
 from pertflow.utils import write_h5ad
 
 DEFAULT_RUN = {"n_cells": 3000, "n_genes": 1000, "n_cell_types": 6, "seed": 0}  # config.yaml

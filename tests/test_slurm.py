@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, TINY_MODELS, default_config
-from pertflow.simulate import simulate
+from pertflow.simulate.experiment import simulate
 from pertflow.utils import write_h5ad
 
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow, pytest.mark.slow]

@@ -3,7 +3,7 @@ import pytest
 
 from pertflow.errors import DataError
 from pertflow.keys import Keys
-from pertflow.splits import (HeldOut, choose_held_out, held_out_of, listed_splits,
+from pertflow.data.splits import (HeldOut, choose_held_out, held_out_of, listed_splits,
                              perturbation_labels, split)
 
 PERTURBATIONS = ["infected", "stimulated"]

@@ -9,10 +9,10 @@ from docutils.core import publish_parts
 from scipy import stats
 
 from conftest import ROOT, SIM_KEYS
-from pertflow import summary, verdict
+from pertflow.benchmark import summary, verdict
 from pertflow.config import baseline_models
 from pertflow.errors import DataError
-from pertflow.metrics import METRICS
+from pertflow.benchmark.metrics import METRICS
 from pertflow.models import get_model_class
 
 

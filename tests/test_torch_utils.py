@@ -9,7 +9,7 @@ import torch
 
 from pertflow.errors import DataError
 from pertflow.models import get_model_class
-from pertflow.torch_utils import resolve_device, reuse_freed_memory
+from pertflow.models.torch_utils import resolve_device, reuse_freed_memory
 
 
 def page_faults_of_repeated_buffers(n: int = 10, size: int = 6_000_000) -> int:

@@ -6,13 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pertflow import transfer
+from pertflow.models import transfer
 from pertflow.errors import DataError
 from pertflow.keys import Keys
 from pertflow.models import get_model_class
-from pertflow.preprocess import preprocess
-from pertflow.simulate import simulate
-from pertflow.splits import split
+from pertflow.data.preprocess import preprocess
+from pertflow.simulate.experiment import simulate
+from pertflow.data.splits import split
 from pertflow.utils import dense
 
 KEYS = Keys("condition", "ctrl", "stim", "group")

@@ -11,7 +11,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from pertflow import transfer
+from pertflow.models import transfer
 from pertflow.models import Model, get_model_class
 from pertflow.models.transformer import (CellTransformer, bin_expression, expressed_first,
                                          left_out_transfers, pad_batch, transport_targets)

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, TINY_MODELS, assert_figures, default_config, run
-from pertflow.metrics import METRICS
-from pertflow.summary import ALL_GROUPS
+from pertflow.benchmark.metrics import METRICS
+from pertflow.benchmark.summary import ALL_GROUPS
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 

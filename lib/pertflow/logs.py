@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from pertflow.errors import PertflowError
-from pertflow.splits import listed_splits
+from pertflow.data.splits import listed_splits
 
 
 @contextmanager

@@ -30,7 +30,7 @@ from sklearn.model_selection import KFold, cross_val_score
 from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
 
 from pertflow.errors import DataError
-from pertflow.preprocess import cell_cycle_genes, check_counts
+from pertflow.data.preprocess import cell_cycle_genes, check_counts
 from pertflow.utils import dense
 
 log = logging.getLogger(__name__)
@@ -319,11 +319,11 @@ def effect_sizes(latent: np.ndarray, labels, control: str,
     (cells × dims) with a permutation p-value and Benjamini-Hochberg q-value.
 
     E-distance rather than a cross-validated classifier's AUROC: it is the scPerturb / pertpy
-    measure of a perturbation's effect (as in ``pertflow.metrics``), it keeps growing with the
+    measure of a perturbation's effect (as in ``pertflow.benchmark.metrics``), it keeps growing with the
     effect where an AUROC saturates at 1 (strong knockouts stay ordered), it needs no training
     per perturbation, and the permutation test makes its p-value exact whatever the latent's
     geometry. Here in its unbiased form (means over distinct pairs), so that it is about 0 for
-    no effect whatever the number of cells; pertflow.metrics.e_distance includes self-pairs.
+    no effect whatever the number of cells; pertflow.benchmark.metrics.e_distance includes self-pairs.
 
     ``folds`` (one per cell): cross-fitted latents, each fold's cells embedded by a model that
     did not train on them, so comparable only within a fold. The E-distance is then the mean of

@@ -26,7 +26,7 @@ import scanpy as sc
 from pertflow import screen
 from pertflow.keys import Keys
 from pertflow.models import get_model_class
-from pertflow.preprocess import HVG_DEFAULTS, preprocess, score_cell_cycle
+from pertflow.data.preprocess import HVG_DEFAULTS, preprocess, score_cell_cycle
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def umap_figure(adata: ad.AnnData, spec: dict, seed: int = 0):
     perturbation, perturbed vs control and phase (columns), as contrastiveVI's paper shows them."""
     import matplotlib.pyplot as plt
 
-    from pertflow.plots import latent_view
+    from pertflow.benchmark.figures import latent_view
 
     colors = [spec["perturbation_key"], CONDITION, "phase"]
     spaces = {"salient": "X_salient", "background": "X_background", "PCA": "X_pca"}

@@ -22,13 +22,13 @@ except ImportError as error:
         f"cannot import pertflow ({error}): install the workflow's library into the Python "
         f"that runs Snakemake with `pip install -e {workflow.basedir}` (`make run` does it)."
     ) from error
-from pertflow.data import source_path
-from pertflow.splits import held_out_of as split_named
-from pertflow.splits import listed_splits, names_several
+from pertflow.data.io import source_path
+from pertflow.data.splits import held_out_of as split_named
+from pertflow.data.splits import listed_splits, names_several
 from pertflow.errors import ConfigError
 from pertflow.keys import dataset_keys
 from pertflow.models import Model, get_model_class
-from pertflow.preprocess import RENAMED_QC_KEYS
+from pertflow.data.preprocess import RENAMED_QC_KEYS
 from pertflow.utils import clear_stale_snakemake_locks
 
 if workflow.is_main_process:
@@ -89,7 +89,7 @@ LATENT_CLASSES = {}
 for m in LATENT_MODELS:
     LATENT_CLASSES.setdefault(model_entry(config, m)["model"], []).append(m)
 # {split}: the held-out group, or perturbation/group in a dataset of several perturbations
-# (pertflow.splits.HeldOut.name).
+# (pertflow.data.splits.HeldOut.name).
 RUN = "results/{dataset}/runs/{model}/{split}/seed{seed}"
 SPLIT = "results/{dataset}/splits/{split}"
 

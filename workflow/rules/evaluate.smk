@@ -100,7 +100,7 @@ rule summarise:
             category="Metrics",
             labels={"dataset": "{dataset}", "result": "summary in words"},
         ),
-        # The report's front page (workflow/report/workflow.rst) shows it; see pertflow.verdict.
+        # The report's front page (workflow/report/workflow.rst) shows it; see pertflow.benchmark.verdict.
         verdict=report(
             "results/{dataset}/verdict.rst",
             caption="../report/verdict.rst",

@@ -1,6 +1,6 @@
 import re
 
-from pertflow.plots import panel_splits
+from pertflow.benchmark.figures import panel_splits
 
 # Datasets whose `perturbed:` names several perturbations (a list, or all): they get scGen's
 # Figure 3, a row per perturbation (rule plot_perturbations).

@@ -67,7 +67,7 @@ class Model:
         self.keys = keys
         self.params: dict[str, Any] = dict(self.defaults)
         self.seed: int | None = None
-        # How a model that transfers the training groups' responses chose to (pertflow.transfer):
+        # How a model that transfers the training groups' responses chose to (pertflow.models.transfer):
         # the chosen settings, the inner leave-one-group-out score and each group's weight.
         self.transfer: dict[str, Any] | None = None
 

@@ -1,6 +1,6 @@
 """Baselines: the scGen paper's (no change, a mean shift in gene space, PCA vector arithmetic) and
 the ones that transfer the responses of the training groups most like the held-out group
-(``pertflow.transfer``): group shifts weighted by similarity, and scPRAM's per-cell transport."""
+(``pertflow.models.transfer``): group shifts weighted by similarity, and scPRAM's per-cell transport."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import anndata as ad
 import numpy as np
 from sklearn.decomposition import PCA
 
-from pertflow import transfer
+from pertflow.models import transfer
 from pertflow.models.base import Model, register
 from pertflow.utils import balanced_indices, dense
 
@@ -126,7 +126,7 @@ class PCAShift(_ShiftModel):
 
 class _TransferModel(Model):
     """Held-out controls + the transferred responses of the training groups (``method`` of
-    ``pertflow.transfer``), in gene space or in a PCA of the training cells; the transfer's
+    ``pertflow.models.transfer``), in gene space or in a PCA of the training cells; the transfer's
     settings and α are chosen by leave-one-group-out on the training groups."""
 
     is_baseline = True

@@ -24,7 +24,7 @@ linearly over ``kl_warmup_epochs``, and the ELBO of held-back cells drives early
 As a predictor, held-out control cells keep their background posterior mean and get the mean
 salient latent of the perturbed training cells (balanced over groups), or with ``salient_transfer``
 the salient responses of the training groups whose controls' background resembles theirs
-(``pertflow.transfer``: ``similarity`` weights each group's mean salient latent, ``transport``
+(``pertflow.models.transfer``: ``similarity`` weights each group's mean salient latent, ``transport``
 gives each cell the deltas of its nearest training controls, paired with perturbed cells by
 optimal transport in the background space); the decoded expected
 normalised expression is mapped to the scale of ``X``, log1p(counts normalised to 1e4 per cell).
@@ -65,11 +65,11 @@ from pyro import poutine
 from torch import nn
 from torch.distributions import constraints
 
-from pertflow import transfer
+from pertflow.models import transfer
 from pertflow.errors import DataError
 from pertflow.models.base import register
 from pertflow.models.torch_base import TorchModel
-from pertflow.preprocess import TARGET_SUM, check_counts
+from pertflow.data.preprocess import TARGET_SUM, check_counts
 from pertflow.utils import balanced_indices, dense
 
 log = logging.getLogger(__name__)
@@ -608,7 +608,7 @@ class ContrastiveVI(TorchModel):
         where = f"layers['{COUNTS_LAYER}']"
         if COUNTS_LAYER not in adata.layers:
             raise DataError(f"{where} is missing; contrastiveVI models raw counts. Keep them in "
-                            f"layers['{COUNTS_LAYER}'] (pertflow.preprocess does) or set "
+                            f"layers['{COUNTS_LAYER}'] (pertflow.data.preprocess does) or set "
                             "`counts:` in the dataset config.")
         counts = sp.csr_matrix(adata.layers[COUNTS_LAYER], dtype=np.float32)
         check_counts(counts, where)
@@ -790,7 +790,7 @@ class ContrastiveVI(TorchModel):
     def set_salient_shift(self, train: ad.AnnData, rng: np.random.Generator) -> None:
         """The salient shift of ``salient_transfer`` on the trained model: the balanced mean
         (``average``), or the training groups' salient responses transferred by similarity or per
-        cell (``pertflow.transfer``). Called by ``fit``; call again after changing the param."""
+        cell (``pertflow.models.transfer``). Called by ``fit``; call again after changing the param."""
         counts, covariates = self._counts(train), self._covariates(train)
         self._condition_masks(train)
         is_perturbed = (train.obs[self.keys.condition] == self.keys.perturbed).to_numpy()

@@ -20,7 +20,7 @@ Linear to the genes, with no output activation. Three deliberate differences in 
   mean − held-out control mean), a pull of the prediction toward the other cell types;
   ``paired`` averages over the groups with cells in both conditions. ``similarity`` and
   ``transport`` (the default, scPRAM's per-cell deltas) transfer the latent responses of the
-  training groups that resemble the held-out one (``pertflow.transfer``), chosen
+  training groups that resemble the held-out one (``pertflow.models.transfer``), chosen
   leave-one-group-out on decoded genes: averaging the responses of unlike cell types blurs them;
 - the prediction is the control cell plus the decoded change, decode(z + delta) − decode(z)
   (``prediction: residual``), not decode(z + delta) (``decoded``): the VAE's reconstruction
@@ -48,9 +48,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pertflow import transfer
+from pertflow.models import transfer
 from pertflow.errors import ConfigError
-from pertflow.metrics import r2_of
+from pertflow.benchmark.metrics import r2_of
 from pertflow.models.base import register
 from pertflow.models.torch_base import TorchModel
 from pertflow.utils import balanced_indices, dense
@@ -465,7 +465,7 @@ class ScGen(TorchModel):
     def set_delta(self, train: ad.AnnData, rng: np.random.Generator) -> None:
         """The latent arithmetic of ``delta_groups`` on the trained VAE: one delta (``paired``,
         ``all``), or the responses of the training groups transferred by similarity or per cell
-        (``pertflow.transfer``), with the transfer chosen leave-one-group-out in the latent space
+        (``pertflow.models.transfer``), with the transfer chosen leave-one-group-out in the latent space
         and scored on decoded genes."""
         p, k = self.params, self.keys
         X = as_csr(train.X)

@@ -14,7 +14,7 @@ import torch
 
 from pertflow.errors import DataError
 from pertflow.models.base import Model
-from pertflow.torch_utils import resolve_device, reuse_freed_memory, seed_everything
+from pertflow.models.torch_utils import resolve_device, reuse_freed_memory, seed_everything
 
 
 class TorchModel(Model):

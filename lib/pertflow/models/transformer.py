@@ -10,7 +10,7 @@ Prediction is residual, on the log-normalised scale of X: control cell x becomes
     x + r + change(x, r)
 
 where r (genes) is the response transferred from the training groups that resemble the cell's
-group — exactly what the baseline ``similarity_shift`` adds (``pertflow.transfer``: group shifts
+group — exactly what the baseline ``similarity_shift`` adds (``pertflow.models.transfer``: group shifts
 weighted by the similarity of their control means, τ and α chosen by leave-one-group-out) — and
 the network predicts a per-cell, per-gene correction. Each cell keeps its own expression, so the
 predicted cells vary as the controls do; an untrained network (its change head starts at zero)
@@ -63,7 +63,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from scipy.stats import rankdata
 
-from pertflow import transfer
+from pertflow.models import transfer
 from pertflow.models.base import register
 from pertflow.models.torch_base import TorchModel
 from pertflow.utils import dense

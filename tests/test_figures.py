@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pertflow import plots
-from pertflow.metrics import r2_of
+from pertflow.benchmark import figures
+from pertflow.benchmark.metrics import r2_of
 
 MODELS = ["control", "mean_shift", "scgen"]
 DIRECTIONS = {"r2_mean_all": "higher", "e_distance": "lower", "absent_metric": "higher"}
@@ -21,7 +21,7 @@ DIRECTIONS = {"r2_mean_all": "higher", "e_distance": "lower", "absent_metric": "
 def assert_drawn(fig, tmp_path, name="figure"):
     """Saved as PNG and PDF; the PNG decodes and is not a blank canvas."""
     png, pdf = tmp_path / f"{name}.png", tmp_path / f"{name}.pdf"
-    plots.save(fig, [png, pdf])
+    figures.save(fig, [png, pdf])
     image = matplotlib.image.imread(png)
     assert min(image.shape[:2]) > 100 and image[..., :3].std() > 0.05
     assert pdf.stat().st_size > 1000
@@ -60,8 +60,8 @@ def metrics() -> pd.DataFrame:
 
 
 def test_model_colors_are_stable_and_distinct():
-    colors = plots.model_colors(["b", "a", "c"])
-    assert colors == plots.model_colors(["c", "a", "b"])
+    colors = figures.model_colors(["b", "a", "c"])
+    assert colors == figures.model_colors(["c", "a", "b"])
     assert len(set(colors.values())) == 3
 
 
@@ -74,19 +74,19 @@ def points(ax) -> int:
     return sum(len(collection.get_offsets()) for collection in ax.collections)
 
 
-@pytest.mark.parametrize("statistic", list(plots.GENE_STATISTICS))
+@pytest.mark.parametrize("statistic", list(figures.GENE_STATISTICS))
 def test_expression_scatter(held_out, tmp_path, statistic):
     """One point per gene (the top DEGs again in red), the top ten DEGs labelled, and the R² of
     all genes and of the DEGs written on the axes."""
     control, truth, pred, degs = held_out
-    fig = plots.expression_scatter(pred, truth, degs, "test", statistic)
+    fig = figures.expression_scatter(pred, truth, degs, "test", statistic)
     ax = fig.axes[0]
     every, top = ax.collections
     assert len(every.get_offsets()) == truth.n_vars and len(top.get_offsets()) == len(degs)
     labels = [a for a in ax.texts if isinstance(a, matplotlib.text.Annotation)]
     assert [a.get_text() for a in labels] == degs[:10]  # nothing crowded here: all placed
     assert_labels_apart(fig, labels)
-    f = plots.GENE_STATISTICS[statistic]
+    f = figures.GENE_STATISTICS[statistic]
     x, y = f(truth.X.toarray(), axis=0), f(np.asarray(pred[:, truth.var_names].X), axis=0)
     assert f"R² all = {r2_of(x, y):.3f}" in "".join(t.get_text() for t in ax.texts)
     assert ax.get_xlabel() == f"real {statistic} expression"
@@ -96,7 +96,7 @@ def test_expression_scatter(held_out, tmp_path, statistic):
 def test_held_out_umap(held_out, tmp_path):
     """Every control, real and predicted cell is a point, and the legend names the three."""
     control, truth, pred, _ = held_out
-    fig = plots.held_out_umap(control, truth, pred, "test", (0.1, 0.2, 0.8, 1.0), seed=0)
+    fig = figures.held_out_umap(control, truth, pred, "test", (0.1, 0.2, 0.8, 1.0), seed=0)
     ax = fig.axes[0]
     assert points(ax) == control.n_obs + truth.n_obs + pred.n_obs
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [
@@ -109,7 +109,7 @@ def test_top_deg_violins(held_out, tmp_path):
     control, truth, pred, degs = held_out
     # A model named like the control cells (every shipped config has one) gets its own violin.
     preds = {"control": control, "mean_shift": pred, "scgen": pred}
-    fig = plots.top_deg_violins(control, truth, preds, degs[:2], plots.model_colors(MODELS),
+    fig = figures.top_deg_violins(control, truth, preds, degs[:2], figures.model_colors(MODELS),
                                 "test")
     assert len([ax for ax in fig.axes if ax.get_title() in degs[:2]]) == 2
     assert len(fig.axes[0].get_xticklabels()) == 2 + len(preds)
@@ -118,7 +118,7 @@ def test_top_deg_violins(held_out, tmp_path):
 
 def test_r2_bars(metrics, tmp_path):
     """One bar per group and model at the mean over seeds, a dot per seed, a legend of models."""
-    fig = plots.r2_bars(metrics, "r2_mean_all", plots.model_colors(MODELS))
+    fig = figures.r2_bars(metrics, "r2_mean_all", figures.model_colors(MODELS))
     ax = fig.axes[0]
     # groups A, B on the x axis; models mean_shift, scgen side by side within each
     assert [round(bar.get_height(), 6) for bar in bars(ax)] == [0.8, 0.9, 0.7, 0.5]
@@ -142,7 +142,7 @@ def two_perturbations(metrics) -> pd.DataFrame:
 def test_r2_bars_one_row_per_perturbation(two_perturbations, tmp_path):
     """A row of axes per perturbation, titled with it, each with its own held-out groups, one y
     scale, and the legend of models on the first row only."""
-    fig = plots.r2_bars(two_perturbations, "r2_mean_all", plots.model_colors(MODELS))
+    fig = figures.r2_bars(two_perturbations, "r2_mean_all", figures.model_colors(MODELS))
     assert [ax.get_title() for ax in fig.axes] == ["infected", "stimulated"]
     infected, stimulated = fig.axes
     assert [t.get_text() for t in infected.get_xticklabels()] == ["A", "B", "C"]
@@ -169,9 +169,9 @@ def figure_of(fig) -> list:
 
 def test_r2_bars_of_one_perturbation_are_as_without_the_column(metrics):
     """A perturbation column of one label changes nothing: one axes, untitled."""
-    colors = plots.model_colors(MODELS)
-    before = figure_of(plots.r2_bars(metrics, "r2_mean_all", colors))
-    after = figure_of(plots.r2_bars(metrics.assign(perturbation="stimulated"), "r2_mean_all",
+    colors = figures.model_colors(MODELS)
+    before = figure_of(figures.r2_bars(metrics, "r2_mean_all", colors))
+    after = figure_of(figures.r2_bars(metrics.assign(perturbation="stimulated"), "r2_mean_all",
                                     colors))
     assert after == before and len(after) == 2 and after[1][0] == ""
 
@@ -180,39 +180,39 @@ def test_heatmaps_and_ranks_of_several_perturbations_are_per_split(two_perturbat
                                                                   metrics):
     """Columns perturbation/group; the ranks over every split (a group held out under two
     perturbations is two scores); one perturbation labelled and ranked as before."""
-    fig = plots.metric_heatmaps(two_perturbations, DIRECTIONS)
+    fig = figures.metric_heatmaps(two_perturbations, DIRECTIONS)
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == [
         "infected/A", "infected/B", "infected/C", "stimulated/A", "stimulated/B"]
     # scgen's r2 ranks 1, 2, 1, 1, 2 (C is A again), e_distance 1 everywhere: 12 / 10 = 1.2
     # (pooling A and B over the perturbations would give 7 / 6)
-    ranks = plots.mean_ranks(two_perturbations, DIRECTIONS)
+    ranks = figures.mean_ranks(two_perturbations, DIRECTIONS)
     assert ranks.to_dict() == pytest.approx({"scgen": 1.2, "mean_shift": 1.8})
     one = metrics.assign(perturbation="stimulated")
-    fig = plots.metric_heatmaps(one, DIRECTIONS)
+    fig = figures.metric_heatmaps(one, DIRECTIONS)
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["A", "B"]
-    assert plots.mean_ranks(one, DIRECTIONS).equals(plots.mean_ranks(metrics, DIRECTIONS))
-    assert plots.by_split(one) is one and not plots.several_perturbations(one)
+    assert figures.mean_ranks(one, DIRECTIONS).equals(figures.mean_ranks(metrics, DIRECTIONS))
+    assert figures.by_split(one) is one and not figures.several_perturbations(one)
 
 
 def test_metric_heatmaps_draw_one_panel_per_present_metric(metrics, tmp_path):
-    fig = plots.metric_heatmaps(metrics, DIRECTIONS)
+    fig = figures.metric_heatmaps(metrics, DIRECTIONS)
     titles = [ax.get_title() for ax in fig.axes if ax.get_visible() and ax.get_title()]
     assert titles == ["r2_mean_all (higher is better)", "e_distance (lower is better)"]
     assert_drawn(fig, tmp_path)
 
 
 def test_mean_ranks_follow_each_metrics_direction(metrics):
-    ranks = plots.mean_ranks(metrics, DIRECTIONS)
+    ranks = figures.mean_ranks(metrics, DIRECTIONS)
     # scgen: r2 rank 1 (A) and 2 (B), e_distance rank 1 (A, B) -> 1.25; mean_shift -> 1.75
     assert ranks.to_dict() == {"scgen": 1.25, "mean_shift": 1.75}
     tied = metrics.assign(r2_mean_all=0.5)
-    assert plots.mean_ranks(tied, {"r2_mean_all": "higher"}).tolist() == [1.5, 1.5]
+    assert figures.mean_ranks(tied, {"r2_mean_all": "higher"}).tolist() == [1.5, 1.5]
 
 
 def test_ranking_bars(metrics, tmp_path):
     """One bar per model as long as its mean rank, best on top."""
-    ranks = plots.mean_ranks(metrics, DIRECTIONS)
-    fig = plots.ranking_bars(ranks, plots.model_colors(MODELS), 4)
+    ranks = figures.mean_ranks(metrics, DIRECTIONS)
+    fig = figures.ranking_bars(ranks, figures.model_colors(MODELS), 4)
     ax = fig.axes[0]
     by_row = sorted(ax.patches, key=lambda bar: bar.get_y())
     assert [bar.get_width() for bar in by_row] == [1.25, 1.75]
@@ -226,7 +226,7 @@ def test_cost_bars_skip_unmeasured_memory(tmp_path):
     measured, left out)."""
     benchmarks = pd.DataFrame({"model": ["mean_shift", "mean_shift", "scgen"],
                                "s": [1.5, 1.7, 45.0], "max_rss": ["160.2", "-", "540.0"]})
-    fig = plots.cost_bars(benchmarks, plots.model_colors(MODELS))
+    fig = figures.cost_bars(benchmarks, figures.model_colors(MODELS))
     seconds, memory = fig.axes
     assert [bar.get_height() for bar in bars(seconds)] == pytest.approx([1.6, 45.0])
     assert [bar.get_height() for bar in bars(memory)] == pytest.approx([160.2, 540.0])
@@ -248,24 +248,24 @@ def separated_latent(seed=0, n=60):
 
 def test_leiden_ari_is_one_on_separated_groups_and_seeded():
     obs, latent = separated_latent()
-    view = plots.latent_view(obs, latent, seed=0)
-    assert plots.leiden_ari(view, "cell_type", seed=0, resolution=0.1) == pytest.approx(1.0)
+    view = figures.latent_view(obs, latent, seed=0)
+    assert figures.leiden_ari(view, "cell_type", seed=0, resolution=0.1) == pytest.approx(1.0)
     shuffled = obs.assign(cell_type=np.random.default_rng(0).permutation(obs["cell_type"]))
-    view = plots.latent_view(shuffled, latent, seed=0)
-    assert abs(plots.leiden_ari(view, "cell_type", seed=0, resolution=0.1)) < 0.1
-    again = plots.latent_view(obs, latent, seed=0)
-    assert np.array_equal(again.obsm["X_umap"], plots.latent_view(obs, latent, 0).obsm["X_umap"])
+    view = figures.latent_view(shuffled, latent, seed=0)
+    assert abs(figures.leiden_ari(view, "cell_type", seed=0, resolution=0.1)) < 0.1
+    again = figures.latent_view(obs, latent, seed=0)
+    assert np.array_equal(again.obsm["X_umap"], figures.latent_view(obs, latent, 0).obsm["X_umap"])
 
 
 def test_latent_umaps_and_comparison(tmp_path):
     obs, latent = separated_latent()
     adata = ad.AnnData(obs=obs, obsm={"X_latent": latent})
-    fig = plots.latent_umaps(adata, "X_latent", ["cell_type", "condition"])
+    fig = figures.latent_umaps(adata, "X_latent", ["cell_type", "condition"])
     panels = [ax for ax in fig.axes if ax.get_title()]
     assert [ax.get_title() for ax in panels] == ["cell_type", "condition"]
     assert all(points(ax) == len(obs) for ax in panels)
     assert_drawn(fig, tmp_path, "umaps")
-    fig, aris = plots.latent_comparison(obs, {"batch": latent, "none": latent[:, ::-1]},
+    fig, aris = figures.latent_comparison(obs, {"batch": latent, "none": latent[:, ::-1]},
                                         "cell_type", "condition", seed=0)
     assert set(aris) == {"batch", "none"} and all(-1 <= a <= 1 for a in aris.values())
     # a column per latent: group, Leiden clusters (with the ARI), condition
@@ -280,16 +280,16 @@ def test_differing_params_tell_the_entries_of_a_class_apart():
     params = {"scgen": {"norm": "batch", "n_latent": 100, "lr": 1e-3},
               "scgen_nonorm": {"norm": "none", "n_latent": 100, "lr": 1e-3},
               "scgen_small": {"norm": "batch", "n_latent": 10, "lr": 1e-3}}
-    assert plots.differing_params(params) == {
+    assert figures.differing_params(params) == {
         "scgen": {"n_latent": 100, "norm": "batch"},
         "scgen_nonorm": {"n_latent": 100, "norm": "none"},
         "scgen_small": {"n_latent": 10, "norm": "batch"}}
-    assert plots.differing_params({"contrastivevi": {"n_hidden": 128}}) == {"contrastivevi": {}}
+    assert figures.differing_params({"contrastivevi": {"n_hidden": 128}}) == {"contrastivevi": {}}
 
 
 def assert_labels_apart(fig, labels, ax=None):
     renderer = fig.canvas.get_renderer()
-    boxes = [plots.text_box(label, renderer) for label in labels]
+    boxes = [figures.text_box(label, renderer) for label in labels]
     inside = (ax or fig.axes[0]).get_window_extent(renderer)
     for i, box in enumerate(boxes):
         assert inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1)
@@ -308,7 +308,7 @@ def test_scatter_labels_in_a_dense_cluster_do_not_overlap(tmp_path):
     truth[:, :10] = 3.0 + rng.normal(0, 0.01, (40, 10))
     pred = truth + rng.normal(0, 0.01, truth.shape)
     var = pd.DataFrame(index=genes)
-    fig = plots.expression_scatter(ad.AnnData(pred, var=var), ad.AnnData(truth, var=var),
+    fig = figures.expression_scatter(ad.AnnData(pred, var=var), ad.AnnData(truth, var=var),
                                    genes[:10], "dense", "mean")
     labels = [a for a in fig.axes[0].texts if isinstance(a, matplotlib.text.Annotation)]
     names = [a.get_text() for a in labels]
@@ -326,8 +326,8 @@ def test_panel_splits_take_the_panel_group_where_held_out():
                     "degs": f"{name}/degs", "predictions": {"scgen": f"{name}/pred"}}
              for name in names}
     spec = {"perturbed": ["stimulated", "infected"]}
-    assert list(plots.panel_splits(spec, files)) == ["stimulated/B", "infected/CD4"]
-    chosen = plots.panel_splits({**spec, "panel_group": "NK"}, files)
+    assert list(figures.panel_splits(spec, files)) == ["stimulated/B", "infected/CD4"]
+    chosen = figures.panel_splits({**spec, "panel_group": "NK"}, files)
     assert list(chosen) == ["stimulated/NK", "infected/CD4"]
     assert chosen["stimulated/NK"] == {"truth": "stimulated/NK/truth",
                                        "degs": "stimulated/NK/degs",
@@ -341,8 +341,8 @@ def test_perturbation_panels(held_out, two_perturbations, tmp_path):
     _, truth, pred, degs = held_out
     panels = {"stimulated": {"group": "B", "pred": pred, "truth": truth, "degs": degs},
               "infected": {"group": "C", "pred": pred, "truth": truth, "degs": degs}}
-    color = plots.model_colors(MODELS)["scgen"]
-    fig = plots.perturbation_panels(panels, two_perturbations, "scgen", color,
+    color = figures.model_colors(MODELS)["scgen"]
+    fig = figures.perturbation_panels(panels, two_perturbations, "scgen", color,
                                     value="r2_mean_all")
     assert len(fig.axes) == 4
     rows = [fig.axes[:2], fig.axes[2:]]

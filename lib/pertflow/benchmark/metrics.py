@@ -140,7 +140,7 @@ def score(pred: ad.AnnData, truth: ad.AnnData, control: ad.AnnData, degs: list[s
     """Every metric of one prediction; genes are aligned on ``truth.var_names``.
 
     ``degs`` are the real top DEGs (truth vs control); ``perturbed_reference`` the per-gene mean
-    of the perturbed training cells, in truth's gene order (``pertflow.data.perturbed_mean``). The distance metrics use at most
+    of the perturbed training cells, in truth's gene order (``pertflow.data.io.perturbed_mean``). The distance metrics use at most
     ``max_cells`` cells per population, drawn with ``seed``, in a PCA of truth and control."""
     genes = truth.var_names
     P, T, C = (dense(a[:, genes].X).astype(np.float64) for a in (pred, truth, control))

@@ -18,7 +18,7 @@ import pandas as pd
 from scipy import stats
 
 from pertflow.errors import DataError
-from pertflow.metrics import METRICS
+from pertflow.benchmark.metrics import METRICS
 
 ID_COLUMNS = ["dataset", "model", "perturbation", "group", "seed"]
 # What a run holds out (a split); runs of different models pair on these and the seed.

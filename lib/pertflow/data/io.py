@@ -19,8 +19,8 @@ import scipy.sparse as sp
 
 from pertflow.errors import DataError, DownloadError
 from pertflow.keys import Keys
-from pertflow.preprocess import SYMBOL, check_counts, recover_counts
-from pertflow.splits import choose_held_out, labelled_cells, perturbation_labels
+from pertflow.data.preprocess import SYMBOL, check_counts, recover_counts
+from pertflow.data.splits import choose_held_out, labelled_cells, perturbation_labels
 from pertflow.utils import atomic_path, dense
 
 log = logging.getLogger(__name__)

@@ -19,10 +19,10 @@ from matplotlib.transforms import Bbox  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pertflow.metrics import r2_of  # noqa: E402
-from pertflow.preprocess import gene_symbols  # noqa: E402
-from pertflow.splits import held_out_of  # noqa: E402
-from pertflow.summary import of_perturbation  # noqa: E402
+from pertflow.benchmark.metrics import r2_of  # noqa: E402
+from pertflow.data.preprocess import gene_symbols  # noqa: E402
+from pertflow.data.splits import held_out_of  # noqa: E402
+from pertflow.benchmark.summary import of_perturbation  # noqa: E402
 from pertflow.utils import atomic_path, dense  # noqa: E402
 
 # Colours of the reference populations, shared by the UMAPs and the violins.

@@ -168,7 +168,7 @@ def score_cell_cycle(adata: ad.AnnData, seed: int = 0, min_genes: int = 10,
     sample = (X.data if sp.issparse(X) else np.asarray(X).ravel())[:100_000]
     if sample.size and np.all(sample == np.round(sample)):
         raise DataError("cell-cycle scoring needs log-normalised X, and X holds integer counts; "
-                        "normalise first (pertflow.preprocess.preprocess).")
+                        "normalise first (pertflow.data.preprocess.preprocess).")
     by_upper = {symbol.upper(): name for symbol, name in zip(gene_symbols(adata), adata.var_names)}
     genes = cell_cycle_genes()
     used = {}

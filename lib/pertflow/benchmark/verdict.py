@@ -13,8 +13,8 @@ import unicodedata
 
 import pandas as pd
 
-from pertflow.metrics import METRICS
-from pertflow.summary import (
+from pertflow.benchmark.metrics import METRICS
+from pertflow.benchmark.summary import (
     comparisons,
     format_number,
     metrics_ahead,
