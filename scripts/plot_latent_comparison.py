@@ -8,7 +8,8 @@ import anndata as ad
 from pertflow.keys import Keys
 from pertflow.logs import log_to
 from pertflow.models import get_model_class
-from pertflow.benchmark.figures import differing_params, latent_comparison, save
+from pertflow.benchmark.figure_inputs import differing_params
+from pertflow.benchmark.figures import latent_comparison, save
 
 with log_to(snakemake.log[0]) as log:
     keys = Keys(**snakemake.params.experiment_keys)

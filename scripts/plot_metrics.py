@@ -5,9 +5,17 @@ table holds several perturbations."""
 import pandas as pd
 
 from pertflow.logs import log_to
+from pertflow.benchmark.figures import (
+    by_split,
+    mean_ranks,
+    metric_heatmaps,
+    model_colors,
+    present_metrics,
+    ranking_bars,
+    save,
+    several_perturbations,
+)
 from pertflow.benchmark.metrics import METRICS
-from pertflow.benchmark.figures import by_split, mean_ranks, metric_heatmaps, model_colors, present_metrics, \
-    ranking_bars, save, several_perturbations
 
 with log_to(snakemake.log[0]) as log:
     metrics = pd.read_csv(snakemake.input[0])

@@ -8,8 +8,14 @@ from pathlib import Path
 import anndata as ad
 
 from pertflow.logs import log_to
+from pertflow.benchmark.figures import (
+    GENE_STATISTICS,
+    expression_scatter,
+    held_out_umap,
+    model_colors,
+    save,
+)
 from pertflow.benchmark.metrics import read_degs
-from pertflow.benchmark.figures import GENE_STATISTICS, expression_scatter, held_out_umap, model_colors, save
 
 with log_to(snakemake.log[0]) as log:
     model, out = snakemake.wildcards.model, snakemake.output

@@ -3,7 +3,8 @@
 import pandas as pd
 
 from pertflow.logs import log_to
-from pertflow.benchmark.figures import model_colors, perturbations_of, r2_bars, save
+from pertflow.benchmark.figures import model_colors, r2_bars, save
+from pertflow.benchmark.summary import perturbations_of
 
 with log_to(snakemake.log[0]) as log:
     metrics = pd.read_csv(snakemake.input[0])

@@ -1,18 +1,18 @@
-"""Means with 95% intervals per model, perturbation and held-out group, a plain-words summary of
-which model wins on which metric against the best baseline (and what the transferring models
-chose), per perturbation where a dataset has several, and the same verdict as reStructuredText
-for the report's front page."""
+"""Means with 95% intervals per model, perturbation and held-out group, and the verdict (which
+model wins on which metric against the best baseline, what the transferring models chose; per
+perturbation where a dataset has several) in plain words and as reStructuredText for the report's
+front page."""
 
 import json
 from pathlib import Path
 
 import pandas as pd
 
+from pertflow.benchmark.summary import summarise
+from pertflow.benchmark.verdict import as_markdown, as_rst, verdict_of
 from pertflow.errors import DataError
 from pertflow.logs import log_to
-from pertflow.benchmark.summary import summarise, summary_markdown
 from pertflow.utils import atomic_path
-from pertflow.benchmark.verdict import escape, verdict_rst
 
 with log_to(snakemake.log[0]) as log:
     dataset, baselines = snakemake.wildcards.dataset, snakemake.params.baselines
@@ -30,11 +30,10 @@ with log_to(snakemake.log[0]) as log:
     # The preprocessing's warnings (e.g. a QC rule that matched no gene), repeated where the
     # results are read; an empty qc.json (a stand-in) has none.
     warnings = json.loads(Path(snakemake.input.qc).read_text() or "{}").get("warnings", [])
-    text = summary_markdown(dataset, table, baselines, transfer)
-    text += "".join(f"\n**Warning (preprocessing):** {w}\n" for w in warnings)
+    verdict = verdict_of(dataset, table, baselines, transfer, warnings)
+    text = as_markdown(verdict)
     log.info("%s", text)
     with atomic_path(snakemake.output.text) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
     with atomic_path(snakemake.output.verdict) as tmp:
-        tmp.write_text(verdict_rst(dataset, table, baselines, transfer) + "".join(
-            f"\n.. warning:: Preprocessing: {escape(w)}\n" for w in warnings), encoding="utf-8")
+        tmp.write_text(as_rst(verdict), encoding="utf-8")

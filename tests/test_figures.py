@@ -4,6 +4,9 @@ back from the matplotlib figure) and saves a non-blank PNG and a PDF; the number
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import anndata as ad
 import matplotlib.image
 import matplotlib.text
@@ -11,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pertflow.benchmark import figures
-from pertflow.benchmark.metrics import r2_of
+from pertflow.benchmark import figure_inputs, figures
+from pertflow.benchmark.metrics import leiden_ari, r2_of
 
 MODELS = ["control", "mean_shift", "scgen"]
 DIRECTIONS = {"r2_mean_all": "higher", "e_distance": "lower", "absent_metric": "higher"}
@@ -249,10 +252,10 @@ def separated_latent(seed=0, n=60):
 def test_leiden_ari_is_one_on_separated_groups_and_seeded():
     obs, latent = separated_latent()
     view = figures.latent_view(obs, latent, seed=0)
-    assert figures.leiden_ari(view, "cell_type", seed=0, resolution=0.1) == pytest.approx(1.0)
+    assert leiden_ari(view, "cell_type", seed=0, resolution=0.1) == pytest.approx(1.0)
     shuffled = obs.assign(cell_type=np.random.default_rng(0).permutation(obs["cell_type"]))
     view = figures.latent_view(shuffled, latent, seed=0)
-    assert abs(figures.leiden_ari(view, "cell_type", seed=0, resolution=0.1)) < 0.1
+    assert abs(leiden_ari(view, "cell_type", seed=0, resolution=0.1)) < 0.1
     again = figures.latent_view(obs, latent, seed=0)
     assert np.array_equal(again.obsm["X_umap"], figures.latent_view(obs, latent, 0).obsm["X_umap"])
 
@@ -280,11 +283,12 @@ def test_differing_params_tell_the_entries_of_a_class_apart():
     params = {"scgen": {"norm": "batch", "n_latent": 100, "lr": 1e-3},
               "scgen_nonorm": {"norm": "none", "n_latent": 100, "lr": 1e-3},
               "scgen_small": {"norm": "batch", "n_latent": 10, "lr": 1e-3}}
-    assert figures.differing_params(params) == {
+    assert figure_inputs.differing_params(params) == {
         "scgen": {"n_latent": 100, "norm": "batch"},
         "scgen_nonorm": {"n_latent": 100, "norm": "none"},
         "scgen_small": {"n_latent": 10, "norm": "batch"}}
-    assert figures.differing_params({"contrastivevi": {"n_hidden": 128}}) == {"contrastivevi": {}}
+    assert figure_inputs.differing_params({"contrastivevi": {"n_hidden": 128}}) == {
+        "contrastivevi": {}}
 
 
 def assert_labels_apart(fig, labels, ax=None):
@@ -326,12 +330,20 @@ def test_panel_splits_take_the_panel_group_where_held_out():
                     "degs": f"{name}/degs", "predictions": {"scgen": f"{name}/pred"}}
              for name in names}
     spec = {"perturbed": ["stimulated", "infected"]}
-    assert list(figures.panel_splits(spec, files)) == ["stimulated/B", "infected/CD4"]
-    chosen = figures.panel_splits({**spec, "panel_group": "NK"}, files)
+    assert list(figure_inputs.panel_splits(spec, files)) == ["stimulated/B", "infected/CD4"]
+    chosen = figure_inputs.panel_splits({**spec, "panel_group": "NK"}, files)
     assert list(chosen) == ["stimulated/NK", "infected/CD4"]
     assert chosen["stimulated/NK"] == {"truth": "stimulated/NK/truth",
                                        "degs": "stimulated/NK/degs",
                                        "predictions": {"scgen": "stimulated/NK/pred"}}
+
+
+def test_the_dag_imports_no_matplotlib():
+    """workflow/rules/figures.smk imports figure_inputs while Snakemake builds the DAG."""
+    code = ("import sys, pertflow.benchmark.figure_inputs; "
+            "assert 'matplotlib' not in sys.modules, 'matplotlib imported'")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
 def test_perturbation_panels(held_out, two_perturbations, tmp_path):

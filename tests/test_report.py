@@ -25,7 +25,7 @@ import yaml
 from conftest import ROOT
 from pertflow.benchmark.metrics import METRICS
 from pertflow.benchmark.summary import comparisons
-from pertflow.benchmark.verdict import difference_cell
+from pertflow.benchmark.verdict import difference_cell, verdict_of
 
 pytestmark = pytest.mark.workflow
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--cores", "1"]
@@ -159,14 +159,16 @@ def test_front_page_names_the_winner_of_every_metric_and_the_margin(report):
     assert "Leave-one-group-out benchmark: the verdict" in text
     # pbmc first, as in the config, and each dataset's own verdict
     assert 0 < text.index("Dataset pbmc") < text.index("Dataset other")
-    compared = comparisons(metrics_table(report["workdir"], "pbmc"),
-                           ["control", "mean_shift"]).set_index(["metric", "model"])
+    table = metrics_table(report["workdir"], "pbmc")
+    compared = comparisons(table, ["control", "mean_shift"]).set_index(["metric", "model"])
+    results = {r.metric: r for r in verdict_of("pbmc", table, ["control", "mean_shift"])
+               .sections[0].metrics}
     for metric, better in METRICS.items():
         row = compared.loc[(metric, "scgen")]
         assert row["is_winner"] and row["best_baseline"] == "mean_shift"
         arrow = "↑" if better == "higher" else "↓"
         mean = f"{row['mean']:.3g}"
-        difference = difference_cell(row).strip("*")
+        difference = difference_cell(results[metric].differences["scgen"]).strip("*")
         assert f"{metric} {arrow} scgen {mean} 2 of 2 mean_shift" in text, metric
         assert difference in text, (metric, difference)
     # r2_mean_top100: scGen 0.75 against mean shift's 0.5, paired over 4 runs

@@ -32,6 +32,16 @@ def make_rows(values: dict[str, list[float]], groups=("A", "B"), seeds=(0, 1),
     return rows
 
 
+def md_of(*args) -> str:
+    """summary.md of (dataset, table, baselines[, transfer])."""
+    return verdict.as_markdown(verdict.verdict_of(*args))
+
+
+def rst_of(*args) -> str:
+    """verdict.rst of (dataset, table, baselines[, transfer])."""
+    return verdict.as_rst(verdict.verdict_of(*args))
+
+
 def make_table(values: dict[str, list[float]], groups=("A", "B"), seeds=(0, 1)) -> pd.DataFrame:
     """The metrics table of a dataset of one perturbation (``make_rows``)."""
     return summary.metrics_table(make_rows(values, groups, seeds))
@@ -115,14 +125,13 @@ def test_comparisons_pair_runs_and_respect_the_direction():
 def test_summary_markdown_states_winner_margin_and_baseline():
     table = make_table({"control": [0, 0, 0, 0], "mean_shift": [1, 2, 1, 2],
                         "new": [2, 2.5, 2, 3]})
-    text = summary.summary_markdown("d", table, ["control", "mean_shift"])
+    text = md_of("d", table, ["control", "mean_shift"])
     assert "12 runs: 3 models × 2 held-out groups (A, B) × 2 seeds (0, 1)" in text
     assert ("**r2_mean_all** (higher is better): **new** wins with 2.38, best in 2 of 2 held-out "
             "groups; the best baseline, mean_shift, reaches 1.5: difference 0.875") in text
     assert "**mmd** (lower is better): **new** wins with -2.38" in text
     assert "**new** beats the best baseline on 10 of 10 metrics" in text
-    only_baselines = summary.summary_markdown("d", table[table["model"] != "new"],
-                                              ["control", "mean_shift"])
+    only_baselines = md_of("d", table[table["model"] != "new"], ["control", "mean_shift"])
     assert "**mean_shift** wins with 1.5" in only_baselines
     # The difference is stated as the header defines it: the other model minus the best baseline.
     assert ("it is the best baseline, and the next baseline, control, reaches 0 (1.5 worse): "
@@ -136,7 +145,7 @@ def test_summary_markdown_states_winner_margin_and_baseline():
 
 def test_summary_markdown_names_ties():
     table = make_table({"control": [1, 1, 1, 1], "mean_shift": [1, 1, 1, 1], "new": [0, 0, 0, 0]})
-    text = summary.summary_markdown("d", table, ["control", "mean_shift"])
+    text = md_of("d", table, ["control", "mean_shift"])
     # A tie counts as a win for each tied model: the tie-winner is best in every group.
     assert ("**control** (tied with mean_shift) wins with 1, best in 2 of 2 held-out groups; it "
             "is the best baseline, and the next baseline, mean_shift, reaches 1 (as good): "
@@ -164,11 +173,11 @@ def test_summary_skips_missing_values_and_handles_no_baseline():
     table = make_table({"control": [3, 3, 3, 3], "mean_shift": [1, 2, 1, 2],
                         "new": [2, 2.5, 2, 3]})
     table.loc[table["model"] == "control", "pearson_delta"] = np.nan  # constant prediction
-    text = summary.summary_markdown("d", table, ["control", "mean_shift"])
+    text = md_of("d", table, ["control", "mean_shift"])
     assert ("**pearson_delta** (higher is better): **new** wins with 2.38, best in 2 of 2 "
             "held-out groups; the best baseline, mean_shift, reaches 1.5") in text
     assert "**r2_mean_all** (higher is better): **control** wins with 3" in text
-    assert "no baseline to compare with" in summary.summary_markdown("d", table, [])
+    assert "no baseline to compare with" in md_of("d", table, [])
     counts = summary.summarise(table).set_index(["model", "group", "metric"])["n"]
     assert counts["control", summary.ALL_GROUPS, "pearson_delta"] == 0
 
@@ -259,18 +268,16 @@ def test_transfer_overview_averages_seeds():
 
 def test_summary_markdown_says_what_the_transferring_models_chose():
     table = make_table({"control": [0, 0, 0, 0], "sim": [1, 2, 1, 2], "new": [2, 2.5, 2, 3]})
-    plain = summary.summary_markdown("d", table, ["control", "sim"])
+    plain = md_of("d", table, ["control", "sim"])
     assert "Transfer" not in plain
-    text = summary.summary_markdown("d", table, ["control", "sim"],
-                                    summary.transfer_table(transfer_runs()))
+    text = md_of("d", table, ["control", "sim"], summary.transfer_table(transfer_runs()))
     assert text.startswith(plain.rstrip("\n"))
     section = text.split("## Transfer between groups")[1]
     assert "- **sim**: mean chosen α 0.7 over 4 runs (2 held-out groups)" in section
     assert ("  - held out B (similarity in genes, τ 0.1, α 0.7): A 0.70, C 0.20, D 0.10"
             in section)
     assert "- **per**: mean chosen α 1 over 1 runs" in section
-    none = summary.summary_markdown("d", table, ["control", "sim"],
-                                    pd.DataFrame(columns=summary.TRANSFER_COLUMNS))
+    none = md_of("d", table, ["control", "sim"], pd.DataFrame(columns=summary.TRANSFER_COLUMNS))
     assert "No model transfers the responses of the training groups." in none
 
 
@@ -285,7 +292,7 @@ def test_verdict_rst_renders_winners_differences_and_transfer():
     table = make_table({"control": [0, 0, 0, 0], "mean_shift": [1, 2, 1, 2],
                         "new_": [2, 2.5, 2, 3], "other": [0.5, 1, 0.5, 1]})
     baselines = ["control", "mean_shift"]
-    rst = verdict.verdict_rst("d_1", table, baselines, summary.transfer_table(transfer_runs()))
+    rst = rst_of("d_1", table, baselines, summary.transfer_table(transfer_runs()))
     body = rendered(rst)
     assert "Dataset d_1" in body and "new_" in body  # names with markup characters read as given
     assert "<strong>new_</strong> 2.38" in body
@@ -297,15 +304,27 @@ def test_verdict_rst_renders_winners_differences_and_transfer():
     assert "other</strong> is better than the strongest baseline on 0 of 10 metrics" in body
     assert "similarity in genes, τ 0.1; similarity in genes, τ none (plain average)" in body
     assert "C 0.60, B 0.35, D 0.05" in body
-    no_transfer = rendered(verdict.verdict_rst("d", table, baselines,
-                                               pd.DataFrame(columns=summary.TRANSFER_COLUMNS)))
+    no_transfer = rendered(rst_of("d", table, baselines,
+                                  pd.DataFrame(columns=summary.TRANSFER_COLUMNS)))
     assert "No model of this dataset transfers" in no_transfer
-    only_baselines = rendered(verdict.verdict_rst("d", table[table["model"].isin(baselines)],
-                                                  baselines))
+    only_baselines = rendered(rst_of("d", table[table["model"].isin(baselines)], baselines))
     assert "winner is the strongest baseline" in only_baselines
     assert "Every model of this dataset is a baseline." in only_baselines
     assert "Transfer" not in only_baselines
-    assert "nothing to compare with" in rendered(verdict.verdict_rst("d", table, []))
+    assert "nothing to compare with" in rendered(rst_of("d", table, []))
+
+
+def test_preprocessing_warnings_follow_the_verdict_once_in_each_format():
+    table = make_table({"control": [0, 0, 0, 0], "new": [2, 2.5, 2, 3]})
+    plain = verdict.verdict_of("d", table, ["control"])
+    warned = verdict.verdict_of("d", table, ["control"], warnings=["rule *a_* matched no gene"])
+    text = verdict.as_markdown(warned)
+    assert text == verdict.as_markdown(plain) + \
+        "\n**Warning (preprocessing):** rule *a_* matched no gene\n"
+    rst = verdict.as_rst(warned)
+    assert rst == verdict.as_rst(plain) + \
+        "\n.. warning:: Preprocessing: rule \\*a\\_\\* matched no gene\n"
+    assert "rule *a_* matched no gene" in rendered(rst)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,8 +341,8 @@ def test_one_perturbation_reads_exactly_as_before_perturbations():
     # change of wording updates these.
     table = make_table(VALUES)
     transfer = summary.transfer_table(transfer_runs())
-    text = summary.summary_markdown("d_1", table, BASELINES, transfer)
-    rst = verdict.verdict_rst("d_1", table, BASELINES, transfer)
+    text = md_of("d_1", table, BASELINES, transfer)
+    rst = rst_of("d_1", table, BASELINES, transfer)
     assert hashlib.sha256(text.encode()).hexdigest() == \
         "d17b98bc646675f15b9e04ddb24184598f8e56306bee2939592eb91023a9b1f9", text
     assert hashlib.sha256(rst.encode()).hexdigest() == \
@@ -377,7 +396,7 @@ def test_comparisons_pair_runs_within_a_perturbation():
 def test_summary_markdown_has_a_section_per_perturbation_each_from_its_own_runs():
     table = two_perturbations()
     transfer = two_perturbation_transfer()
-    text = summary.summary_markdown("d", table, BASELINES, transfer)
+    text = md_of("d", table, BASELINES, transfer)
     assert text.startswith("# Summary of dataset d\n\n32 runs: 4 models × 2 perturbations (ifn, "
                            "tnf) × 2 held-out groups (A, B) × 2 seeds (0, 1). Baselines: "
                            "control, mean_shift. Each perturbation is judged on its own runs")
@@ -399,9 +418,8 @@ def test_summary_markdown_has_a_section_per_perturbation_each_from_its_own_runs(
     assert "- **other** beats the best baseline on 0 of 10 metrics" in tnf
     # each section reads as the dataset would with that perturbation alone
     for perturbation, part in parts.items():
-        alone = summary.summary_markdown("d", table[table["perturbation"] == perturbation],
-                                         BASELINES, transfer[transfer["perturbation"]
-                                                             == perturbation])
+        alone = md_of("d", table[table["perturbation"] == perturbation], BASELINES,
+                      transfer[transfer["perturbation"] == perturbation])
         body = part.split("\n\n", 2)[2].replace("### ", "## ")
         assert alone.split("\n\n", 2)[2] == body.rstrip("\n") + "\n", perturbation
     # the transfer choices of each perturbation in its own section
@@ -410,14 +428,14 @@ def test_summary_markdown_has_a_section_per_perturbation_each_from_its_own_runs(
     assert "- **sim**: mean chosen α 0.75 over 4 runs" in tnf
     # without its perturbation column, a transfer table cannot be split by perturbation
     with pytest.raises(DataError, match="perturbation"):
-        summary.summary_markdown("d", table, BASELINES, transfer.drop(columns="perturbation"))
+        md_of("d", table, BASELINES, transfer.drop(columns="perturbation"))
 
 
 def test_the_winner_of_each_perturbation_comes_from_its_rows_alone():
     table = two_perturbations()
     pooled = summary.comparisons(table, BASELINES).set_index(["metric", "model"])
     assert pooled.loc[("r2_mean_all", "new_"), "is_winner"]  # over both perturbations
-    text = summary.summary_markdown("d", table, BASELINES)
+    text = md_of("d", table, BASELINES)
     tnf = sections(text, "\n## Perturbation ")["tnf"]
     winners = [line.split("**")[3] for line in tnf.splitlines() if line.startswith("- **r2")]
     assert winners == ["mean_shift"] * 4
@@ -427,13 +445,13 @@ def test_groups_differing_between_perturbations_are_counted_as_splits():
     rows = make_rows(VALUES, perturbation="ifn") + make_rows(
         {m: v[:2] for m, v in VALUES.items()}, groups=("A",), perturbation="tnf")
     table = summary.metrics_table(rows)
-    text = summary.summary_markdown("d", table, BASELINES)
+    text = md_of("d", table, BASELINES)
     assert "24 runs: 4 models × 3 splits (ifn: A, B; tnf: A) × 2 seeds (0, 1)." in text
     tnf = sections(text, "\n## Perturbation ")["tnf"]
     assert "8 runs: 4 models × 1 held-out group (A) × 2 seeds (0, 1)." in tnf
     assert "best in 1 of 1 held-out groups" in tnf and "2 pairs)" in tnf
     assert "24 runs: 4 models × 3 splits (ifn: A, B; tnf: A) × 2 seeds." in \
-        verdict.verdict_rst("d", table, BASELINES)
+        rst_of("d", table, BASELINES)
 
 
 def test_summarise_pools_the_groups_of_each_perturbation_apart():
@@ -467,7 +485,7 @@ def test_transfer_table_and_overview_keep_perturbations_apart():
 
 def test_verdict_rst_has_a_section_per_perturbation():
     table = two_perturbations()
-    rst = verdict.verdict_rst("d", table, BASELINES, two_perturbation_transfer())
+    rst = rst_of("d", table, BASELINES, two_perturbation_transfer())
     body = rendered(rst)  # "^" below "~" renders without a warning
     assert "32 runs: 4 models × 2 perturbations (ifn, tnf) × 2 held-out groups × 2 seeds." in rst
     parts = sections(rst, "\nPerturbation ")
@@ -481,7 +499,7 @@ def test_verdict_rst_has_a_section_per_perturbation():
     assert "\nTransfer between groups\n^^^^" in parts["tnf"]
     assert "     - 0.75\n" in parts["tnf"] and "     - 0.75\n" not in parts["ifn"]
     assert "<strong>new_</strong> 2.38" in body and "Perturbation tnf" in body
-    alone = verdict.verdict_rst("d", table[table["perturbation"] == "tnf"], BASELINES)
+    alone = rst_of("d", table[table["perturbation"] == "tnf"], BASELINES)
     # the section reads as the dataset would with that perturbation alone
     assert alone.split("Winner per metric")[1].replace("^", "~").rstrip("\n") == \
         parts["tnf"].split("Winner per metric")[1].split("\nTransfer between groups")[0] \

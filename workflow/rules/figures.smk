@@ -1,6 +1,7 @@
 import re
 
-from pertflow.benchmark.figures import panel_splits
+# Imported while the DAG is built: a module without matplotlib.
+from pertflow.benchmark.figure_inputs import panel_splits
 
 # Datasets whose `perturbed:` names several perturbations (a list, or all): they get scGen's
 # Figure 3, a row per perturbation (rule plot_perturbations).

@@ -1,6 +1,6 @@
 """Figures: scGen's Figure 2 panels per model and split, its Figure 3 (one row per perturbation),
-metric overviews across models, splits and seeds, latent spaces, and cost. Every function returns
-a matplotlib figure; ``save`` writes it in each requested format.
+metric overviews across models, splits and seeds, latent spaces, and cost. Every drawing function
+returns a matplotlib figure; ``save`` writes it in each requested format.
 
 A metrics table with a ``perturbation`` column holding several labels (a dataset of several
 perturbations) is drawn per (perturbation, group) split; with one label, or none, exactly as a
@@ -19,10 +19,9 @@ from matplotlib.transforms import Bbox  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pertflow.benchmark.metrics import r2_of  # noqa: E402
+from pertflow.benchmark.metrics import leiden_ari, r2_of  # noqa: E402
 from pertflow.data.preprocess import gene_symbols  # noqa: E402
-from pertflow.data.splits import held_out_of  # noqa: E402
-from pertflow.benchmark.summary import of_perturbation  # noqa: E402
+from pertflow.benchmark.summary import of_perturbation, perturbations_of  # noqa: E402
 from pertflow.utils import atomic_path, dense  # noqa: E402
 
 # Colours of the reference populations, shared by the UMAPs and the violins.
@@ -94,9 +93,10 @@ def text_box(label, renderer) -> Bbox:
 def place_labels(ax, x: np.ndarray, y: np.ndarray, names: list[str], fontsize: float = 7) -> list:
     """Label points (x, y) in order without overlap: each label takes the first offset of
     ``LABEL_OFFSETS`` where its box overlaps no label placed before it, no labelled point and
-    stays inside the axes, clear of the text and legend already there; beyond the nearest ring a thin line leads back to the point. A label
-    that fits nowhere (a crowded region) is left out rather than drawn over another. The axes'
-    limits must be set first. Returns the placed annotations."""
+    stays inside the axes, clear of the text and legend already there; beyond the nearest ring a
+    thin line leads back to the point. A label that fits nowhere (a crowded region) is left out
+    rather than drawn over another. The axes' limits must be set first. Returns the placed
+    annotations."""
     fig = ax.figure
     renderer = fig.canvas.get_renderer()
     inside = ax.get_window_extent(renderer)
@@ -174,14 +174,6 @@ def top_deg_violins(control: ad.AnnData, truth: ad.AnnData, preds: dict[str, ad.
 
 # ---------------------------------------------------------------------------------------------
 # Across models, held-out groups and seeds
-
-
-def perturbations_of(metrics: pd.DataFrame) -> list[str]:
-    """The perturbation labels of a metrics table, sorted; none without a ``perturbation``
-    column (a table of one perturbation written before the column existed)."""
-    if "perturbation" not in metrics.columns:
-        return []
-    return sorted(metrics["perturbation"].astype(str).unique())
 
 
 def several_perturbations(metrics: pd.DataFrame) -> bool:
@@ -330,21 +322,6 @@ def cost_bars(benchmarks: pd.DataFrame, colors: dict[str, tuple]):
 # Several perturbations: scGen's Figure 3
 
 
-def panel_splits(spec: dict, files: dict[str, dict]) -> dict[str, dict]:
-    """Of a dataset's splits ({split name: its files}, as split_files gives them, in order), the
-    one each perturbation's row of perturbation_panels shows: the entry's ``panel_group`` where it
-    is held out under that perturbation, else the perturbation's first held-out group. Returns
-    {split name: its files but the control cells (not drawn)}, perturbations in the order of
-    their first split."""
-    chosen = {}
-    for name in files:
-        held = held_out_of(spec, name)
-        if held.perturbation not in chosen or held.group == spec.get("panel_group"):
-            chosen[held.perturbation] = name
-    return {name: {key: path for key, path in files[name].items() if key != "control"}
-            for name in chosen.values()}
-
-
 def perturbation_panels(panels: dict[str, dict], metrics: pd.DataFrame, model: str,
                         color: tuple, value: str = "r2_mean_top100", n_labels: int = 10):
     """scGen's Figure 3, one row per perturbation of ``panels`` ({perturbation: {"group",
@@ -358,8 +335,8 @@ def perturbation_panels(panels: dict[str, dict], metrics: pd.DataFrame, model: s
     fig, axes = plt.subplots(len(panels), 2, figsize=(4.5 + bars_width + 1.2, 4.9 * len(panels)),
                              squeeze=False, gridspec_kw={"width_ratios": [4.5, bars_width]})
     # The layout is fixed before the scatters place their labels (in display space).
-    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.1 / len(panels), top=1 - 0.06 / len(panels),
-                        wspace=0.3, hspace=0.45)
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.1 / len(panels),
+                        top=1 - 0.06 / len(panels), wspace=0.3, hspace=0.45)
     for (scatter, bars), (perturbation, panel) in zip(axes, panels.items()):
         group = str(panel["group"])
         draw_expression_scatter(scatter, panel["pred"], panel["truth"], panel["degs"],
@@ -379,6 +356,9 @@ def perturbation_panels(panels: dict[str, dict], metrics: pd.DataFrame, model: s
                  title=f"{perturbation}: {model}, every held-out group")
     return fig
 
+
+# ---------------------------------------------------------------------------------------------
+# Latent spaces
 
 
 def latent_view(obs: pd.DataFrame, latent: np.ndarray, seed: int) -> ad.AnnData:
@@ -406,26 +386,6 @@ def latent_umaps(adata: ad.AnnData, latent_key: str, colors: list[str], seed: in
         sc.pl.umap(view, color=color, ax=ax, show=False, frameon=False, title=color, size=8)
     fig.suptitle(latent_key, y=1.04)
     return fig
-
-
-def leiden_ari(view: ad.AnnData, labels: str, seed: int, resolution: float = 0.5) -> float:
-    """Leiden clusters of ``view``'s neighbour graph into ``obs['leiden']``, and their adjusted
-    Rand index against the known ``obs[labels]`` (1: the same partition, ~0: chance)."""
-    import scanpy as sc
-    from sklearn.metrics import adjusted_rand_score
-
-    sc.tl.leiden(view, resolution=resolution, random_state=seed, flavor="igraph",
-                 n_iterations=2, directed=False)
-    return float(adjusted_rand_score(view.obs[labels], view.obs["leiden"]))
-
-
-def differing_params(params: dict[str, dict]) -> dict[str, dict]:
-    """For each entry (name: its params), the params whose values are not the same in every
-    entry: what tells the entries of one model class apart (nothing for a lone entry)."""
-    names = sorted({key for p in params.values() for key in p}, key=str)
-    differ = [key for key in names
-              if len({repr(p.get(key)) for p in params.values()}) > 1]
-    return {entry: {key: p.get(key) for key in differ} for entry, p in params.items()}
 
 
 def latent_comparison(obs: pd.DataFrame, latents: dict[str, np.ndarray], group: str,

@@ -1,4 +1,5 @@
-"""Scores of a predicted perturbed population against the real one. Each is a small pure function."""
+"""Scores of a predicted perturbed population against the real one, each a small pure function;
+and the agreement of a latent space's clusters with known labels (``leiden_ari``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import scanpy as sc
 from scipy import stats
 from scipy.spatial.distance import cdist, pdist
 from sklearn.decomposition import PCA
+from sklearn.metrics import adjusted_rand_score
 
 from pertflow.utils import dense
 
@@ -30,7 +32,7 @@ METRICS: dict[str, str] = {
     "direction_accuracy_top100": "higher",
 }
 # Cells per side for the distance metrics and the PCA they use: pairwise distances grow with the
-# square of the cell count (timings in bench/README.md, "Evaluation").
+# square of the cell count.
 MAX_DISTANCE_CELLS = 2000
 N_PCA_COMPS = 50
 
@@ -91,7 +93,7 @@ def subsample(X: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
 def pca_projection(fit_on: np.ndarray, n_comps: int, seed: int) -> PCA:
     """PCA (centred, unscaled, as scanpy's ``pp.pca``) fitted on ``fit_on`` cells by seeded
     randomized SVD in single precision, much faster than an exact solver on thousands of cells ×
-    genes with distances that agree closely with an exact SVD's (bench/README.md, "Evaluation")."""
+    genes with distances that agree closely with an exact SVD's."""
     n_comps = min(n_comps, fit_on.shape[0] - 1, fit_on.shape[1] - 1)
     return PCA(n_components=n_comps, svd_solver="randomized",
                random_state=seed).fit(fit_on.astype(np.float32))
@@ -127,8 +129,8 @@ def deg_overlap(predicted_degs: list[str], real_degs: list[str]) -> float:
 
 
 def direction_accuracy(pred: np.ndarray, truth: np.ndarray, control: np.ndarray) -> float:
-    """Fraction of genes (columns) whose predicted mean change from control has the sign of the real
-    one; a predicted change of exactly zero counts as wrong where the real change is not zero."""
+    """Fraction of genes (columns) whose predicted mean change from control has the sign of the
+    real one; a predicted change of exactly zero counts as wrong where the real change is not zero."""
     reference = control.mean(axis=0)
     return float(np.mean(np.sign(pred.mean(axis=0) - reference)
                          == np.sign(truth.mean(axis=0) - reference)))
@@ -140,8 +142,9 @@ def score(pred: ad.AnnData, truth: ad.AnnData, control: ad.AnnData, degs: list[s
     """Every metric of one prediction; genes are aligned on ``truth.var_names``.
 
     ``degs`` are the real top DEGs (truth vs control); ``perturbed_reference`` the per-gene mean
-    of the perturbed training cells, in truth's gene order (``pertflow.data.io.perturbed_mean``). The distance metrics use at most
-    ``max_cells`` cells per population, drawn with ``seed``, in a PCA of truth and control."""
+    of the perturbed training cells, in truth's gene order (``pertflow.data.io.perturbed_mean``).
+    The distance metrics use at most ``max_cells`` cells per population, drawn with ``seed``, in a
+    PCA of truth and control."""
     genes = truth.var_names
     P, T, C = (dense(a[:, genes].X).astype(np.float64) for a in (pred, truth, control))
     top = genes.get_indexer(degs)
@@ -168,3 +171,11 @@ def score(pred: ad.AnnData, truth: ad.AnnData, control: ad.AnnData, degs: list[s
         "n_pred": int(P.shape[0]),
         "n_truth": int(T.shape[0]),
     }
+
+
+def leiden_ari(view: ad.AnnData, labels: str, seed: int, resolution: float = 0.5) -> float:
+    """Leiden clusters of ``view``'s neighbour graph into ``obs['leiden']``, and their adjusted
+    Rand index against the known ``obs[labels]`` (1: the same partition, ~0: chance)."""
+    sc.tl.leiden(view, resolution=resolution, random_state=seed, flavor="igraph",
+                 n_iterations=2, directed=False)
+    return float(adjusted_rand_score(view.obs[labels], view.obs["leiden"]))

@@ -1,11 +1,11 @@
-"""Tables and plain-words summaries of the tidy metrics table: means with 95% intervals over seeds
-(and over held-out groups), and each model against the best baseline; and the table of the
-transfer choices (settings and per-group weights) that models transferring the training groups'
-responses recorded in their predictions.
+"""Tables of the tidy metrics table: means with 95% intervals over seeds (and over held-out
+groups), and each model against the best baseline (``comparisons``, which
+``pertflow.benchmark.verdict`` puts in words); and the table of the transfer choices (settings and
+per-group weights) that models transferring the training groups' responses recorded in their
+predictions.
 
 A run holds out one split, a (perturbation, group) pair. Runs are paired by split and seed, never
-across perturbations; a dataset of several perturbations is summarised per perturbation, and one
-of a single perturbation reads as a dataset always has."""
+across perturbations."""
 
 from __future__ import annotations
 
@@ -43,7 +43,10 @@ def metrics_table(rows: list[dict]) -> pd.DataFrame:
 
 
 def perturbations_of(table: pd.DataFrame) -> list[str]:
-    """The perturbations of a metrics (or transfer) table, sorted."""
+    """The perturbations of a metrics (or transfer) table, sorted; none without a
+    ``perturbation`` column (a table of one perturbation written before the column existed)."""
+    if "perturbation" not in table.columns:
+        return []
     return sorted(table["perturbation"].astype(str).unique())
 
 
@@ -158,170 +161,6 @@ def comparisons(table: pd.DataFrame, baseline_names: list[str]) -> pd.DataFrame:
 def format_number(value: float) -> str:
     # Rounded first so that the float noise of a difference between equal means reads as 0.
     return "n/a" if pd.isna(value) else f"{round(value, 12) + 0.0:.3g}"
-
-
-def _difference(row: pd.Series) -> str:
-    """A comparison row's difference to the best baseline, its interval and number of pairs."""
-    interval = ("no interval: one pair" if pd.isna(row["difference_ci_low"]) else
-                f"95% CI {format_number(row['difference_ci_low'])} to "
-                f"{format_number(row['difference_ci_high'])}")
-    return f"difference {format_number(row['difference'])} ({interval}, {row['n_pairs']} pairs)"
-
-
-def _behind(row: pd.Series) -> str:
-    """How far a model trails the best baseline, in words: ``"0.3 worse"``, or ``"as good"``."""
-    gap = abs(row["mean"] - row["baseline_mean"])
-    if np.isclose(row["mean"], row["baseline_mean"]):
-        return "as good"
-    return f"{format_number(gap)} worse"
-
-
-def metrics_ahead(compared: pd.DataFrame, model: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A model's rows of ``comparisons``, and those where it beats the strongest baseline."""
-    rows = compared[compared["model"] == model]
-    return rows, rows[rows["beats_baseline"].astype(bool)]
-
-
-def split_counts(table: pd.DataFrame, name_groups: bool = True) -> str:
-    """The splits of a table of several perturbations, in words: ``"2 perturbations (a, b) × 2
-    held-out groups (A, B)"`` when every perturbation holds out the same groups (the groups named
-    when ``name_groups``), else ``"3 splits (a: A, B; b: A)"``."""
-    splits = table[SPLIT_COLUMNS].astype(str).drop_duplicates()
-    perturbations = sorted(splits["perturbation"].unique())
-    groups = sorted(splits["group"].unique())
-    if len(splits) == len(perturbations) * len(groups):
-        named = f" ({', '.join(groups)})" if name_groups else ""
-        return (f"{len(perturbations)} perturbations ({', '.join(perturbations)}) × "
-                f"{len(groups)} held-out groups{named}")
-    held_out = "; ".join(f"{p}: {', '.join(sorted(g))}"
-                         for p, g in splits.groupby("perturbation")["group"])
-    return f"{len(splits)} splits ({held_out})"
-
-
-def summary_markdown(dataset: str, table: pd.DataFrame, baseline_names: list[str],
-                     transfer: pd.DataFrame | None = None) -> str:
-    """Plain-words Markdown: for every metric, which model wins and by how much against the best
-    baseline, with the numbers; then each non-baseline model against the best baseline; then,
-    when the ``transfer`` table (``transfer_table``) is given, what each transferring model chose
-    (mean α, the most weighted training groups per held-out group). A dataset of several
-    perturbations gets all of this per perturbation, each from that perturbation's runs alone."""
-    perturbations = perturbations_of(table)
-    if len(perturbations) > 1:
-        return _several_markdown(dataset, table, baseline_names, transfer, perturbations)
-    models = sorted(table["model"].unique())
-    seeds = sorted(table["seed"].unique())
-    baselines_present = [m for m in models if m in baseline_names]
-    groups = sorted(table["group"].astype(str).unique())
-    lines = [
-        f"# Summary of dataset {dataset}",
-        "",
-        f"{len(table)} runs: {len(models)} models × {len(groups)} held-out groups "
-        f"({', '.join(groups)}) × {len(seeds)} seeds ({', '.join(map(str, seeds))}). "
-        f"Baselines: {', '.join(baselines_present) or 'none'}. Means are over every held-out "
-        "group and seed; a difference is a model's value minus the best baseline's, paired by "
-        "held-out group and seed, with a 95% t-interval of the mean difference.",
-        "",
-        *_verdict_markdown(table, baseline_names, "##"),
-    ]
-    if transfer is not None:
-        lines += ["", "## Transfer between groups", "", *_transfer_markdown(transfer)]
-    return "\n".join(lines) + "\n"
-
-
-def _several_markdown(dataset: str, table: pd.DataFrame, baseline_names: list[str],
-                      transfer: pd.DataFrame | None, perturbations: list[str]) -> str:
-    """``summary_markdown`` of a dataset of several perturbations: a section per perturbation."""
-    models = sorted(table["model"].unique())
-    seeds = sorted(table["seed"].unique())
-    baselines_present = [m for m in models if m in baseline_names]
-    opening = (f"{len(table)} runs: {len(models)} models × {split_counts(table)} × {len(seeds)} "
-               f"seeds ({', '.join(map(str, seeds))}). Baselines: "
-               f"{', '.join(baselines_present) or 'none'}. Each perturbation is judged on its own "
-               "runs: means are over its held-out groups and seeds; a difference is a model's "
-               "value minus the best baseline's, paired by held-out group and seed, with a 95% "
-               "t-interval of the mean difference.")
-    lines = [f"# Summary of dataset {dataset}", "", opening]
-    for perturbation in perturbations:
-        rows = of_perturbation(table, perturbation)
-        groups = sorted(rows["group"].astype(str).unique())
-        run_seeds = sorted(rows["seed"].unique())
-        n_models = rows["model"].nunique()
-        runs = (f"{len(rows)} runs: {n_models} model{'s' * (n_models != 1)} × {len(groups)} "
-                f"held-out group{'s' * (len(groups) != 1)} ({', '.join(groups)}) × "
-                f"{len(run_seeds)} seed{'s' * (len(run_seeds) != 1)} "
-                f"({', '.join(map(str, run_seeds))}).")
-        lines += ["", f"## Perturbation {perturbation}", "", runs, "",
-                  *_verdict_markdown(rows, baseline_names, "###")]
-        if transfer is not None:
-            chosen = of_perturbation(transfer, perturbation, "transfer table")
-            lines += ["", "### Transfer between groups", "", *_transfer_markdown(chosen)]
-    return "\n".join(lines) + "\n"
-
-
-def _verdict_markdown(table: pd.DataFrame, baseline_names: list[str], level: str) -> list[str]:
-    """The winner of every metric and each non-baseline model against the best baseline, on the
-    runs of ``table``, under headings of ``level`` ("##", "###")."""
-    compared = comparisons(table, baseline_names)
-    models = sorted(table["model"].unique())
-    baselines_present = [m for m in models if m in baseline_names]
-    lines = [f"{level} Winner per metric", ""]
-    for metric, rows in compared.groupby("metric", sort=False):
-        rows = rows.set_index("model")
-        winner = rows.index[rows["is_winner"]][0]
-        win = rows.loc[winner]
-        tied = [m for m in rows.index.drop(winner) if np.isclose(rows.at[m, "mean"], win["mean"])]
-        tie = f" (tied with {', '.join(tied)})" if tied else ""
-        text = (f"- **{metric}** ({win['better']} is better): **{winner}**{tie} wins with "
-                f"{format_number(win['mean'])}, best in {win['groups_won']} of {win['n_groups']} "
-                "held-out groups")
-        baseline = win["best_baseline"]
-        if baseline is None:
-            text += "; no baseline to compare with."
-        elif winner == baseline:
-            rest = rows.drop(index=winner)
-            if rest.empty:
-                text += "; it is the only model."
-            else:
-                runner = best(rest["mean"], win["better"])
-                kind = "baseline" if rest.at[runner, "is_baseline"] else "model"
-                # The header's direction: the other model's value minus the best baseline's.
-                text += (f"; it is the best baseline, and the next {kind}, {runner}, reaches "
-                         f"{format_number(rest.at[runner, 'mean'])} ({_behind(rest.loc[runner])}"
-                         f"): {_difference(rest.loc[runner])}, {runner} minus {winner}.")
-        else:
-            text += (f"; the best baseline, {baseline}, reaches "
-                     f"{format_number(win['baseline_mean'])}: {_difference(win)}.")
-        lines.append(text)
-    others = [m for m in models if m not in baselines_present]
-    if baselines_present and others:
-        lines += ["", f"{level} Models against the best baseline", ""]
-        for model in others:
-            rows, ahead = metrics_ahead(compared, model)
-            lines.append(f"- **{model}** beats the best baseline on {len(ahead)} of {len(rows)} "
-                         f"metrics ({', '.join(ahead['metric']) or 'none'}); on "
-                         f"{int(ahead['interval_excludes_zero'].sum())} of them the 95% interval "
-                         "of the difference excludes zero.")
-    return lines
-
-
-def _transfer_markdown(transfer: pd.DataFrame) -> list[str]:
-    overview = transfer_overview(transfer)
-    if overview.empty:
-        return ["No model transfers the responses of the training groups."]
-    lines = ["Models that predict a held-out group from the responses of the training groups that "
-             "resemble it: the response scale α they chose on the training groups (mean over "
-             "held-out groups and seeds) and, per held-out group, the settings chosen and the "
-             "most weighted training groups (mean weight over seeds).", ""]
-    for model, rows in overview.groupby("model", sort=True):
-        runs = transfer[transfer["model"] == model]
-        alpha = pd.to_numeric(runs["alpha"]).mean()
-        lines.append(f"- **{model}**: mean chosen α {format_number(alpha)} over {len(runs)} runs "
-                     f"({len(rows)} held-out groups); most weighted training groups:")
-        for _, row in rows.iterrows():
-            weights = row["top_weights"] or "no weights recorded"
-            lines.append(f"  - held out {row['group']} ({row['settings']}, α "
-                         f"{format_number(row['alpha'])}): {weights}")
-    return lines
 
 
 # ---------------------------------------------------------------------------------------------

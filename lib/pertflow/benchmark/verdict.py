@@ -1,28 +1,337 @@
-"""The verdict of one dataset as reStructuredText, for the front page of the Snakemake report.
+"""The verdict of one dataset: per metric the winning model and the strongest baseline, every
+learned model against that baseline, and what the transferring models chose; per perturbation
+where a dataset has several, each judged on its own runs. ``verdict_of`` makes the comparisons
+once (a ``Verdict``); ``as_markdown`` (summary.md) and ``as_rst`` (verdict.rst) only format it.
 
-The report's front page is ``workflow/report/workflow.rst``, which includes each dataset's
-``verdict.rst`` (written by ``verdict_rst``) as it is. Its adornments must fit that page: the page
-title is underlined with "=", a dataset's section with "-", its subsections with "~". A dataset of
-several perturbations has a "~" subsection per perturbation, with "^" below it.
-"""
+The report's front page, ``workflow/report/workflow.rst``, includes each dataset's verdict.rst as
+it is, so its adornments must fit that page: the page title is underlined with "=", a dataset's
+section with "-", its subsections with "~". A dataset of several perturbations has a "~"
+subsection per perturbation, with "^" below it."""
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
-from pertflow.benchmark.metrics import METRICS
 from pertflow.benchmark.summary import (
+    best,
     comparisons,
     format_number,
-    metrics_ahead,
     of_perturbation,
     perturbations_of,
-    split_counts,
     transfer_overview,
 )
+
+
+@dataclass(frozen=True)
+class Difference:
+    """A model's value minus the strongest baseline's on one metric, paired by split and seed:
+    mean, 95% t-interval (NaN from a single pair) and number of pairs."""
+
+    mean: float
+    ci_low: float
+    ci_high: float
+    n_pairs: int
+    better: bool  # than the baseline, whatever the metric's direction
+    excludes_zero: bool  # the interval, on the side of ``better``
+
+
+@dataclass(frozen=True)
+class RunnerUp:
+    """The best of the other models, where the strongest baseline wins a metric."""
+
+    model: str
+    is_baseline: bool
+    mean: float
+    behind: float | None  # how far it trails the winner; None: as good (np.isclose)
+
+
+@dataclass(frozen=True)
+class MetricResult:
+    """One metric: its winner over every split and seed, and the strongest baseline."""
+
+    metric: str
+    better: str  # "higher" or "lower"
+    winner: str
+    mean: float
+    tied: list[str]  # the other models as good as the winner
+    groups_won: int  # splits where the winner is best (a tie counts for each tied model)
+    n_groups: int
+    baseline: str | None  # the strongest baseline; None where no baseline has a value
+    baseline_mean: float
+    differences: dict[str, Difference | None]  # every model's, None without a baseline
+    runner_up: RunnerUp | None  # where the winner is the strongest baseline and not alone
+
+
+@dataclass(frozen=True)
+class Standing:
+    """A learned (non-baseline) model against the strongest baseline of every metric."""
+
+    model: str
+    n_metrics: int
+    ahead: list[str]  # the metrics on which it is better than the baseline
+    n_excluding_zero: int  # of those, the metrics whose interval excludes zero
+
+
+@dataclass(frozen=True)
+class GroupChoice:
+    """What a transferring model chose for one held-out group, over its seeds."""
+
+    group: str
+    settings: str
+    alpha: float
+    inner_score: float
+    top_weights: str  # the most weighted training groups; empty where none is recorded
+
+
+@dataclass(frozen=True)
+class ModelTransfer:
+    model: str
+    alpha: float  # mean over its runs
+    n_runs: int
+    groups: list[GroupChoice]
+
+
+@dataclass(frozen=True)
+class Section:
+    """The verdict on the runs of one perturbation (``perturbation`` None: the dataset's runs,
+    where it has one perturbation)."""
+
+    perturbation: str | None
+    n_runs: int
+    n_models: int
+    groups: list[str]
+    seeds: list[int]
+    baselines: list[str]
+    metrics: list[MetricResult]
+    learned: list[Standing]  # empty without a baseline
+    transfer: list[ModelTransfer] | None  # None: no transfer table given
+
+
+@dataclass(frozen=True)
+class Verdict:
+    dataset: str
+    n_runs: int
+    n_models: int
+    seeds: list[int]
+    baselines: list[str]
+    sections: list[Section]
+    warnings: list[str]  # the preprocessing's, repeated below the verdict
+
+    @property
+    def several(self) -> bool:
+        return len(self.sections) > 1
+
+
+def verdict_of(dataset: str, table: pd.DataFrame, baseline_names: list[str],
+               transfer: pd.DataFrame | None = None, warnings: Iterable[str] = ()) -> Verdict:
+    """The verdict on the metrics ``table`` of ``dataset``, the baselines being the models of
+    ``baseline_names``; with the ``transfer`` table (``transfer_table``), what each transferring
+    model chose. A dataset of several perturbations gets a section per perturbation, each from
+    that perturbation's runs (and transfer choices) alone."""
+    perturbations = perturbations_of(table)
+    if len(perturbations) > 1:
+        sections = [_section(of_perturbation(table, p), baseline_names,
+                             None if transfer is None else
+                             of_perturbation(transfer, p, "transfer table"), p)
+                    for p in perturbations]
+    else:
+        sections = [_section(table, baseline_names, transfer, None)]
+    models = sorted(table["model"].unique())
+    return Verdict(dataset, len(table), len(models), sorted(table["seed"].unique()),
+                   [m for m in models if m in baseline_names], sections, list(warnings))
+
+
+def _section(table: pd.DataFrame, baseline_names: list[str], transfer: pd.DataFrame | None,
+             perturbation: str | None) -> Section:
+    compared = comparisons(table, baseline_names)
+    models = sorted(table["model"].unique())
+    baselines = [m for m in models if m in baseline_names]
+    learned = [_standing(compared, m) for m in models if m not in baselines] if baselines else []
+    return Section(perturbation, len(table), len(models),
+                   sorted(table["group"].astype(str).unique()), sorted(table["seed"].unique()),
+                   baselines,
+                   [_metric_result(metric, rows.set_index("model"))
+                    for metric, rows in compared.groupby("metric", sort=False)],
+                   learned, None if transfer is None else _transfer_choices(transfer))
+
+
+def _difference(row: pd.Series) -> Difference | None:
+    """The difference of a row of ``comparisons``."""
+    if row["best_baseline"] is None:
+        return None
+    return Difference(row["difference"], row["difference_ci_low"], row["difference_ci_high"],
+                      row["n_pairs"], row["beats_baseline"], row["interval_excludes_zero"])
+
+
+def _metric_result(metric: str, rows: pd.DataFrame) -> MetricResult:
+    """From the rows of ``comparisons`` of ``metric``, indexed by model."""
+    winner = rows.index[rows["is_winner"]][0]
+    win = rows.loc[winner]
+    tied = [m for m in rows.index.drop(winner) if np.isclose(rows.at[m, "mean"], win["mean"])]
+    baseline = win["best_baseline"]
+    runner_up = None
+    rest = rows.drop(index=winner)
+    if winner == baseline and not rest.empty:
+        runner = best(rest["mean"], win["better"])
+        mean, baseline_mean = rest.at[runner, "mean"], rest.at[runner, "baseline_mean"]
+        runner_up = RunnerUp(runner, bool(rest.at[runner, "is_baseline"]), mean,
+                             None if np.isclose(mean, baseline_mean) else
+                             abs(mean - baseline_mean))
+    return MetricResult(metric, win["better"], winner, win["mean"], tied, win["groups_won"],
+                        win["n_groups"], baseline,
+                        np.nan if baseline is None else win["baseline_mean"],
+                        {model: _difference(row) for model, row in rows.iterrows()}, runner_up)
+
+
+def _standing(compared: pd.DataFrame, model: str) -> Standing:
+    rows = compared[compared["model"] == model]
+    ahead = rows[rows["beats_baseline"].astype(bool)]
+    return Standing(model, len(rows), ahead["metric"].tolist(),
+                    int(ahead["interval_excludes_zero"].sum()))
+
+
+def _transfer_choices(transfer: pd.DataFrame) -> list[ModelTransfer]:
+    """Per transferring model (sorted), its mean α and, per held-out group, its choices
+    (``transfer_overview``)."""
+    choices = []
+    for model, rows in transfer_overview(transfer).groupby("model", sort=True):
+        runs = transfer[transfer["model"] == model]
+        groups = [GroupChoice(r["group"], r["settings"], r["alpha"], r["inner_score"],
+                              r["top_weights"]) for _, r in rows.iterrows()]
+        choices.append(ModelTransfer(model, pd.to_numeric(runs["alpha"]).mean(), len(runs),
+                                     groups))
+    return choices
+
+
+def plural(count: int, noun: str) -> str:
+    """``"1 seed"``, ``"2 seeds"``."""
+    return f"{count} {noun}{'s' * (count != 1)}"
+
+
+def split_counts(sections: list[Section], name_groups: bool = True) -> str:
+    """The splits of a dataset of several perturbations, in words: ``"2 perturbations (a, b) × 2
+    held-out groups (A, B)"`` when every perturbation holds out the same groups (the groups named
+    when ``name_groups``), else ``"3 splits (a: A, B; b: A)"``."""
+    perturbations = [s.perturbation for s in sections]
+    groups = sorted({g for s in sections for g in s.groups})
+    n_splits = sum(len(s.groups) for s in sections)
+    if n_splits == len(perturbations) * len(groups):
+        named = f" ({', '.join(groups)})" if name_groups else ""
+        return (f"{len(perturbations)} perturbations ({', '.join(perturbations)}) × "
+                f"{len(groups)} held-out groups{named}")
+    held_out = "; ".join(f"{s.perturbation}: {', '.join(s.groups)}" for s in sections)
+    return f"{n_splits} splits ({held_out})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown: summary.md
+
+
+def as_markdown(verdict: Verdict) -> str:
+    """The verdict in plain words: for every metric, which model wins and by how much against
+    the best baseline, with the numbers; then each learned model against the best baseline;
+    then, where a transfer table was given, what each transferring model chose (mean α, the most
+    weighted training groups per held-out group); then the preprocessing's warnings."""
+    seeds = f"{len(verdict.seeds)} seeds ({', '.join(map(str, verdict.seeds))})"
+    baselines = ", ".join(verdict.baselines) or "none"
+    lines = [f"# Summary of dataset {verdict.dataset}", ""]
+    if verdict.several:
+        lines.append(
+            f"{verdict.n_runs} runs: {verdict.n_models} models × {split_counts(verdict.sections)}"
+            f" × {seeds}. Baselines: {baselines}. Each perturbation is judged on its own runs: "
+            "means are over its held-out groups and seeds; a difference is a model's value "
+            "minus the best baseline's, paired by held-out group and seed, with a 95% t-interval "
+            "of the mean difference.")
+        for section in verdict.sections:
+            runs = (f"{section.n_runs} runs: {plural(section.n_models, 'model')} × "
+                    f"{plural(len(section.groups), 'held-out group')} "
+                    f"({', '.join(section.groups)}) × {plural(len(section.seeds), 'seed')} "
+                    f"({', '.join(map(str, section.seeds))}).")
+            lines += ["", f"## Perturbation {section.perturbation}", "", runs, "",
+                      *_section_markdown(section, "###")]
+    else:
+        section = verdict.sections[0]
+        lines += [f"{verdict.n_runs} runs: {verdict.n_models} models × {len(section.groups)} "
+                  f"held-out groups ({', '.join(section.groups)}) × {seeds}. Baselines: "
+                  f"{baselines}. Means are over every held-out group and seed; a difference is a "
+                  "model's value minus the best baseline's, paired by held-out group and seed, "
+                  "with a 95% t-interval of the mean difference.", "",
+                  *_section_markdown(section, "##")]
+    return "\n".join(lines) + "\n" + "".join(
+        f"\n**Warning (preprocessing):** {w}\n" for w in verdict.warnings)
+
+
+def _section_markdown(section: Section, level: str) -> list[str]:
+    """A section's lines under headings of ``level`` ("##", "###")."""
+    lines = [f"{level} Winner per metric", ""]
+    lines += [_winner_markdown(result) for result in section.metrics]
+    if section.learned:
+        lines += ["", f"{level} Models against the best baseline", ""]
+        lines += [f"- **{s.model}** beats the best baseline on {len(s.ahead)} of {s.n_metrics} "
+                  f"metrics ({', '.join(s.ahead) or 'none'}); on {s.n_excluding_zero} of them "
+                  "the 95% interval of the difference excludes zero." for s in section.learned]
+    if section.transfer is not None:
+        lines += ["", f"{level} Transfer between groups", "",
+                  *_transfer_markdown(section.transfer)]
+    return lines
+
+
+def _difference_markdown(difference: Difference) -> str:
+    """``"difference 0.875 (95% CI 0.477 to 1.27, 4 pairs)"``."""
+    interval = ("no interval: one pair" if pd.isna(difference.ci_low) else
+                f"95% CI {format_number(difference.ci_low)} to "
+                f"{format_number(difference.ci_high)}")
+    return (f"difference {format_number(difference.mean)} ({interval}, {difference.n_pairs} "
+            "pairs)")
+
+
+def _winner_markdown(result: MetricResult) -> str:
+    tie = f" (tied with {', '.join(result.tied)})" if result.tied else ""
+    text = (f"- **{result.metric}** ({result.better} is better): **{result.winner}**{tie} wins "
+            f"with {format_number(result.mean)}, best in {result.groups_won} of "
+            f"{result.n_groups} held-out groups")
+    if result.baseline is None:
+        return text + "; no baseline to compare with."
+    if result.winner != result.baseline:
+        return (text + f"; the best baseline, {result.baseline}, reaches "
+                f"{format_number(result.baseline_mean)}: "
+                f"{_difference_markdown(result.differences[result.winner])}.")
+    runner = result.runner_up
+    if runner is None:
+        return text + "; it is the only model."
+    kind = "baseline" if runner.is_baseline else "model"
+    behind = "as good" if runner.behind is None else f"{format_number(runner.behind)} worse"
+    # The header's direction: the other model's value minus the best baseline's.
+    return (text + f"; it is the best baseline, and the next {kind}, {runner.model}, reaches "
+            f"{format_number(runner.mean)} ({behind}): "
+            f"{_difference_markdown(result.differences[runner.model])}, {runner.model} minus "
+            f"{result.winner}.")
+
+
+def _transfer_markdown(transfer: list[ModelTransfer]) -> list[str]:
+    if not transfer:
+        return ["No model transfers the responses of the training groups."]
+    lines = ["Models that predict a held-out group from the responses of the training groups that "
+             "resemble it: the response scale α they chose on the training groups (mean over "
+             "held-out groups and seeds) and, per held-out group, the settings chosen and the "
+             "most weighted training groups (mean weight over seeds).", ""]
+    for model in transfer:
+        lines.append(f"- **{model.model}**: mean chosen α {format_number(model.alpha)} over "
+                     f"{model.n_runs} runs ({len(model.groups)} held-out groups); most weighted "
+                     "training groups:")
+        lines += [f"  - held out {g.group} ({g.settings}, α {format_number(g.alpha)}): "
+                  f"{g.top_weights or 'no weights recorded'}" for g in model.groups]
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# reStructuredText: verdict.rst, the report's front page
 
 ARROWS = {"higher": "↑", "lower": "↓"}
 
@@ -53,132 +362,90 @@ def signed(value: float) -> str:
     return f"+{text}" if not pd.isna(value) and round(value, 12) > 0 else text
 
 
-def difference_cell(row: pd.Series) -> str:
+def difference_cell(difference: Difference | None) -> str:
     """``"+0.062 [0.021, 0.1]"`` (paired difference to the strongest baseline, 95% interval),
     bold when the model is better and the interval excludes zero."""
-    if pd.isna(row.get("difference")):
+    if difference is None or pd.isna(difference.mean):
         return "–"
-    low, high = row["difference_ci_low"], row["difference_ci_high"]
-    interval = "one pair" if pd.isna(low) else f"{format_number(low)}, {format_number(high)}"
-    text = f"{signed(row['difference'])} [{interval}]"
-    return f"**{text}**" if row["beats_baseline"] and row["interval_excludes_zero"] else text
+    interval = ("one pair" if pd.isna(difference.ci_low) else
+                f"{format_number(difference.ci_low)}, {format_number(difference.ci_high)}")
+    text = f"{signed(difference.mean)} [{interval}]"
+    return f"**{text}**" if difference.better and difference.excludes_zero else text
 
 
-def verdict_rst(dataset: str, table: pd.DataFrame, baseline_names: list[str],
-                transfer: pd.DataFrame | None = None) -> str:
-    """One dataset's section of the report's front page: per metric the winning model and its
-    mean, the strongest baseline and the winner's paired difference to it; every learned
-    (non-baseline) model's paired difference to the strongest baseline on every metric, with its
-    95% interval; and, from the ``transfer`` table, the settings and weights each transferring
-    model chose per held-out group. A dataset of several perturbations gets all of this per
-    perturbation, each from that perturbation's runs alone."""
-    perturbations = perturbations_of(table)
-    if len(perturbations) > 1:
-        return _several_rst(dataset, table, baseline_names, transfer, perturbations)
-    models = sorted(table["model"].unique())
-    seeds = sorted(table["seed"].unique())
-    baselines = [m for m in models if m in baseline_names]
-    groups = sorted(table["group"].astype(str).unique())
-    lines = [
-        *heading(f"Dataset {escape(dataset)}", "-"),
-        f"{len(table)} runs: {len(models)} models × {len(groups)} held-out groups × {len(seeds)} "
-        f"seed{'s' * (len(seeds) != 1)}. Baselines: {escape(', '.join(baselines) or 'none')}. "
-        "Means are over every held-out group and seed (↑ higher is better, ↓ lower is better); "
-        "a difference is a model's value minus the strongest baseline's on that metric, paired by "
-        "held-out group and seed, with its 95% t-interval in brackets.",
-        "",
-        *_verdict_sections(table, baseline_names, transfer, "~"),
-    ]
-    return "\n".join(lines) + "\n"
+def as_rst(verdict: Verdict) -> str:
+    """The dataset's section of the report's front page: per metric the winning model and its
+    mean, the strongest baseline and the winner's paired difference to it; every learned model's
+    paired difference to the strongest baseline on every metric, with its 95% interval; where a
+    transfer table was given, the settings and weights each transferring model chose per
+    held-out group; then the preprocessing's warnings."""
+    seeds = plural(len(verdict.seeds), "seed")
+    baselines = escape(", ".join(verdict.baselines) or "none")
+    lines = heading(f"Dataset {escape(verdict.dataset)}", "-")
+    if verdict.several:
+        splits = escape(split_counts(verdict.sections, name_groups=False))
+        lines += [f"{verdict.n_runs} runs: {verdict.n_models} models × {splits} × {seeds}. "
+                  f"Baselines: {baselines}. Each perturbation is judged on its own runs: means "
+                  "are over its held-out groups and seeds (↑ higher is better, ↓ lower is "
+                  "better); a difference is a model's value minus the strongest baseline's on "
+                  "that metric, paired by held-out group and seed, with its 95% t-interval in "
+                  "brackets.", ""]
+        for section in verdict.sections:
+            runs = (f"{section.n_runs} runs: {plural(section.n_models, 'model')} × "
+                    f"{plural(len(section.groups), 'held-out group')} × "
+                    f"{plural(len(section.seeds), 'seed')}.")
+            lines += [*heading(f"Perturbation {escape(section.perturbation)}", "~"), runs, "",
+                      *_section_rst(section, "^")]
+    else:
+        section = verdict.sections[0]
+        lines += [f"{verdict.n_runs} runs: {verdict.n_models} models × {len(section.groups)} "
+                  f"held-out groups × {seeds}. Baselines: {baselines}. Means are over every "
+                  "held-out group and seed (↑ higher is better, ↓ lower is better); a difference "
+                  "is a model's value minus the strongest baseline's on that metric, paired by "
+                  "held-out group and seed, with its 95% t-interval in brackets.", "",
+                  *_section_rst(section, "~")]
+    return "\n".join(lines) + "\n" + "".join(
+        f"\n.. warning:: Preprocessing: {escape(w)}\n" for w in verdict.warnings)
 
 
-def plural(count: int, noun: str) -> str:
-    """``"1 seed"``, ``"2 seeds"``."""
-    return f"{count} {noun}{'s' * (count != 1)}"
-
-
-def _several_rst(dataset: str, table: pd.DataFrame, baseline_names: list[str],
-                 transfer: pd.DataFrame | None, perturbations: list[str]) -> str:
-    """``verdict_rst`` of a dataset of several perturbations: a "~" subsection per perturbation,
-    its own sections underlined with "^"."""
-    models = sorted(table["model"].unique())
-    baselines = [m for m in models if m in baseline_names]
-    splits = escape(split_counts(table, name_groups=False))
-    opening = (f"{len(table)} runs: {len(models)} models × {splits} × "
-               f"{plural(table['seed'].nunique(), 'seed')}. Baselines: "
-               f"{escape(', '.join(baselines) or 'none')}. Each perturbation is judged on its own "
-               "runs: means are over its held-out groups and seeds (↑ higher is better, ↓ lower "
-               "is better); a difference is a model's value minus the strongest baseline's on "
-               "that metric, paired by held-out group and seed, with its 95% t-interval in "
-               "brackets.")
-    lines = [*heading(f"Dataset {escape(dataset)}", "-"), opening, ""]
-    for perturbation in perturbations:
-        rows = of_perturbation(table, perturbation)
-        runs = (f"{len(rows)} runs: {plural(rows['model'].nunique(), 'model')} × "
-                f"{plural(rows['group'].nunique(), 'held-out group')} × "
-                f"{plural(rows['seed'].nunique(), 'seed')}.")
-        chosen = None if transfer is None else \
-            of_perturbation(transfer, perturbation, "transfer table")
-        lines += [*heading(f"Perturbation {escape(perturbation)}", "~"), runs, "",
-                  *_verdict_sections(rows, baseline_names, chosen, "^")]
-    return "\n".join(lines) + "\n"
-
-
-def _verdict_sections(table: pd.DataFrame, baseline_names: list[str],
-                      transfer: pd.DataFrame | None, char: str) -> list[str]:
-    """The winners, the learned models against the strongest baseline and the transfer choices,
-    on the runs of ``table``, as sections underlined with ``char``."""
-    compared = comparisons(table, baseline_names)
-    models = sorted(table["model"].unique())
-    baselines = [m for m in models if m in baseline_names]
-    learned = [m for m in models if m not in baselines]
+def _section_rst(section: Section, char: str) -> list[str]:
+    """A section's subsections, underlined with ``char``."""
     lines = heading("Winner per metric", char)
     rows = []
-    for metric, metric_rows in compared.groupby("metric", sort=False):
-        metric_rows = metric_rows.set_index("model")
-        winner = metric_rows.index[metric_rows["is_winner"]][0]
-        win = metric_rows.loc[winner]
-        baseline = win["best_baseline"]
-        if baseline is None:
+    for result in section.metrics:
+        if result.baseline is None:
             strongest, margin = "no baseline", "–"
         else:
-            strongest = f"{escape(baseline)} {format_number(win['baseline_mean'])}"
-            margin = "winner is the strongest baseline" if winner == baseline else \
-                difference_cell(win)
-        rows.append([f"{escape(metric)} {ARROWS[win['better']]}",
-                     f"**{escape(winner)}** {format_number(win['mean'])}",
-                     f"{win['groups_won']} of {win['n_groups']}", strongest, margin])
+            strongest = f"{escape(result.baseline)} {format_number(result.baseline_mean)}"
+            margin = "winner is the strongest baseline" if result.winner == result.baseline \
+                else difference_cell(result.differences[result.winner])
+        rows.append([f"{escape(result.metric)} {ARROWS[result.better]}",
+                     f"**{escape(result.winner)}** {format_number(result.mean)}",
+                     f"{result.groups_won} of {result.n_groups}", strongest, margin])
     lines += list_table(["metric", "winner: mean", "groups won", "strongest baseline: mean",
                          "winner − strongest baseline"], rows)
 
     lines += heading("Learned models against the strongest baseline", char)
-    if not baselines:
+    if not section.baselines:
         lines += ["No baseline among this dataset's models: nothing to compare with.", ""]
-    elif not learned:
+    elif not section.learned:
         lines += ["Every model of this dataset is a baseline.", ""]
     else:
-        for model in learned:
-            model_rows, ahead = metrics_ahead(compared, model)
-            lines.append(f"- **{escape(model)}** is better than the strongest baseline on "
-                         f"{len(ahead)} of {len(model_rows)} metrics, on "
-                         f"{int(ahead['interval_excludes_zero'].sum())} of them with a 95% "
-                         "interval that excludes zero.")
+        lines += [f"- **{escape(s.model)}** is better than the strongest baseline on "
+                  f"{len(s.ahead)} of {s.n_metrics} metrics, on {s.n_excluding_zero} of them "
+                  "with a 95% interval that excludes zero." for s in section.learned]
         lines += ["", "Differences to the strongest baseline of each metric (**bold**: better, "
                   "interval excluding zero):", ""]
-        rows = []
-        for metric, metric_rows in compared.groupby("metric", sort=False):
-            metric_rows = metric_rows.set_index("model")
-            baseline = metric_rows["best_baseline"].iloc[0]
-            rows.append([f"{escape(metric)} {ARROWS[METRICS[metric]]}",
-                         "–" if baseline is None else escape(baseline),
-                         *[difference_cell(metric_rows.loc[model])
-                           if model in metric_rows.index else "–" for model in learned]])
+        learned = [s.model for s in section.learned]
+        rows = [[f"{escape(result.metric)} {ARROWS[result.better]}",
+                 "–" if result.baseline is None else escape(result.baseline),
+                 *[difference_cell(result.differences.get(model)) for model in learned]]
+                for result in section.metrics]
         lines += list_table(["metric", "strongest baseline", *map(escape, learned)], rows)
 
-    if transfer is not None:
+    if section.transfer is not None:
         lines += heading("Transfer between groups", char)
-        overview = transfer_overview(transfer)
-        if overview.empty:
+        if not section.transfer:
             lines += ["No model of this dataset transfers the responses of the training "
                       "groups.", ""]
         else:
@@ -187,10 +454,10 @@ def _verdict_sections(table: pd.DataFrame, baseline_names: list[str],
                       "the transferred response and the inner score of that choice (means over "
                       "seeds), and the most weighted training groups (mean weight over seeds).",
                       ""]
-            rows = [[escape(r["model"]), escape(r["group"]), escape(r["settings"]),
-                     format_number(r["alpha"]), format_number(r["inner_score"]),
-                     escape(r["top_weights"]) or "no weights recorded"]
-                    for _, r in overview.iterrows()]
+            rows = [[escape(model.model), escape(g.group), escape(g.settings),
+                     format_number(g.alpha), format_number(g.inner_score),
+                     escape(g.top_weights) or "no weights recorded"]
+                    for model in section.transfer for g in model.groups]
             lines += list_table(["model", "held out", "settings", "α", "inner score",
                                  "most weighted training groups"], rows)
     return lines
