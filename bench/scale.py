@@ -48,7 +48,7 @@ def run_stage(stage: str, workdir: Path, n_cells: int, n_genes: int,
     from pertflow.models import get_model_class
     from pertflow.data.preprocess import preprocess
     from pertflow.simulate.experiment import simulate
-    from pertflow.data.splits import choose_held_out_groups, split
+    from pertflow.data.splits import choose_held_out, split
     from pertflow.utils import write_h5ad
 
     name, spec = dataset_spec(n_top_genes)
@@ -64,7 +64,8 @@ def run_stage(stage: str, workdir: Path, n_cells: int, n_genes: int,
                    workdir / "preprocessed.h5ad")
     elif stage == "split":
         adata = ad.read_h5ad(workdir / "preprocessed.h5ad")
-        group = choose_held_out_groups(adata, keys, spec["held_out"], spec["min_cells"], name)[0]
+        group = choose_held_out(adata, keys, [keys.perturbed], spec["held_out"],
+                                spec["min_cells"], name)[0].group
         parts = split(adata, keys, group)
         for part, cells in parts.items():
             write_h5ad(cells, split_dir / f"{part}.h5ad")
@@ -82,8 +83,10 @@ def run_stage(stage: str, workdir: Path, n_cells: int, n_genes: int,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cells", type=int, nargs="+", default=[10_000, 30_000, 100_000])
-    parser.add_argument("--genes", type=int, default=2000)
+    parser.add_argument("--cells", type=int, nargs="+", default=[10_000, 30_000, 100_000],
+                        help="cell counts to simulate, one run of every stage each "
+                             "(default: 10000 30000 100000)")
+    parser.add_argument("--genes", type=int, default=2000, help="genes simulated (default: 2000)")
     parser.add_argument("--n-top-genes", type=int, default=None,
                         help="HVGs to keep (0: all genes); default: the config's")
     parser.add_argument("--workdir", type=Path, default=None,
@@ -94,6 +97,8 @@ def main() -> None:
         run_stage(args.stage, args.workdir, args.cells[0], args.genes, args.n_top_genes)
         return
 
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
     print(f"{'cells':>8} {'stage':>11} {'seconds':>9} {'peak RSS GB':>12}", flush=True)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         for n_cells in args.cells:
