@@ -18,7 +18,7 @@ run: $(BIN)/snakemake
 
 # Both cores: one test module per pytest-xdist worker (a module's fixtures are made once).
 test: $(BIN)/snakemake
-	$(BIN)/python -m pytest -q -n 2 --dist loadscope tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope --durations=15 tests
 
 # The edit-run loop: unit tests only, no model training or workflow runs (under 3 minutes).
 test-fast: $(BIN)/snakemake

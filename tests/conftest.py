@@ -60,7 +60,10 @@ def one_torch_thread():
 # ---------------------------------------------------------------------------------------------
 # The workflow tests
 
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--cores", "2"]
+# Under pytest-xdist each worker is one of the machine's busy processes: its Snakemake gets one
+# core, so that two workers' runs do not oversubscribe a 2-core machine.
+CORES = "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2"
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--cores", CORES]
 # Few-epoch, small-width settings: the integration tests check plumbing, not quality.
 TINY_MODELS = {
     "scgen": {"max_epochs": 3, "n_hidden": 64, "n_latent": 8, "batch_size": 64,
