@@ -11,12 +11,12 @@ group, the bench's training cells) and times each part of a step on its own:
   traces (KL terms and log-likelihood sums); backward; the optimiser (Pyro's per-parameter
   ``ClippedAdam``) with zeroing the gradients;
 - ``fast`` (what ``fit`` runs now): building the sparse batch; the hand-written loss
-  (``_ContrastiveVAE.loss``: forward and loss together); backward; the fused optimiser step.
+  (``ContrastiveVAE.loss``: forward and loss together); backward; the fused optimiser step.
 
 ``--compare ROUNDS`` instead times whole bench runs (``contrastivevi_vs_reference.run_ours`` and
 ``run_reference``: s/epoch, test ELBO, separation scores, peak RSS), each in its own process and
 interleaved (ours, reference, ours, reference, ...; ``--before FILE`` adds an older
-contrastivevi.py), one model seed per round, the bench's test split throughout.
+single-file contrastivevi.py), one model seed per round, the bench's test split throughout.
 
 Also reported: the forward passes of the networks alone in plain torch, so the share of Pyro's
 bookkeeping in the tracing time can be read off. ``--cprofile`` prints the top functions by own
@@ -46,43 +46,31 @@ from contrastivevi_vs_reference import (CONDITION, CONTROL, DATA, GROUP, MATCHED
                                         PERTURBED, load, test_mask)
 
 
-def setup(path: str, seed: int = 0):
-    """A model, its training rows and a step function per part, as ``_fit`` sets them up."""
+def setup(seed: int = 0):
+    """A model (its network built), its cells, the plates' totals and one epoch's batches, as
+    ``fit`` sets them up."""
     import pyro
     import torch
     from pertflow.keys import Keys
     from pertflow.models import get_model_class
-    from pertflow.models import contrastivevi as cvi
+    from pertflow.models.contrastivevi import training
 
     adata = load(DATA)
     train = adata[~test_mask(adata)].copy()
     model = get_model_class("contrastivevi")(Keys(CONDITION, CONTROL, PERTURBED, GROUP))
     model.params = model.check_params({**MATCHED, "max_epochs": 1})
     model.seed = seed
-    p = model.params
-    counts = model._counts(train)
-    is_control, is_perturbed = model._condition_masks(train)
-    model.covariate_categories = {}
-    covariates = model._covariates(train)
-    model._start_training(train)
-    rng = np.random.default_rng(seed)
-    control_train, _ = cvi._hold_back(np.flatnonzero(is_control), p["validation_fraction"], rng)
-    perturbed_train, _ = cvi._hold_back(np.flatnonzero(is_perturbed), p["validation_fraction"],
-                                        rng)
-    log_library = np.log(np.asarray(counts.sum(axis=1)).ravel())
-    network = cvi._ContrastiveVAE(train.n_vars, covariates.shape[1], p,
-                                  (float(log_library.mean()), float(log_library.std()) + 1e-3))
-    model.network = network.to(model.device)
-    data = model._training_data(counts, covariates) if path == "fast" else None
-    totals = (len(control_train), len(perturbed_train))
-    batches = list(cvi._epoch_batches(control_train, perturbed_train, p["batch_size"], rng))
-    return model, counts, covariates, data, totals, batches, pyro, torch, cvi
+    cells, split, rng = model.prepare(train)
+    totals = (len(split.control), len(split.perturbed))
+    batches = list(training.epoch_batches(split.control, split.perturbed,
+                                          model.params["batch_size"], rng))
+    return model, cells, totals, batches, pyro, torch, training
 
 
 def stepper(path: str, seed: int = 0, alone: bool = True):
     """A function of the step number that runs one training step of ``path`` and returns the
     seconds of each part."""
-    model, counts, covariates, data, totals, batches, pyro, torch, cvi = setup(path, seed)
+    model, cells, totals, batches, pyro, torch, training = setup(seed)
     from pyro import poutine
     from pyro.infer import TraceMeanField_ELBO
     from pyro.infer.util import zero_grads
@@ -100,15 +88,16 @@ def stepper(path: str, seed: int = 0, alone: bool = True):
                                      "weight_decay": p["weight_decay"],
                                      "clip_norm": p["clip_norm"]})
         else:
-            optimiser = model._optimiser()
+            optimiser = training.optimiser(network, p)
 
     def step(i: int) -> dict[str, float]:
         c, t = batches[i % len(batches)]
         with pyro.get_param_store().scope(state):
             t0 = clock()
             if path == "plain":
-                batch = model._batch(counts, covariates, c, t, *totals)
+                batch = cells.dense_batch(c, t, *totals)
                 t1 = clock()
+                # Pyro's SVI.step taken apart (its own private steps: no public API splits them).
                 with poutine.trace(param_only=True) as param_capture:
                     model_trace, guide_trace = next(elbo._get_traces(
                         network.model, network.guide, (batch, kl_weight), {}))
@@ -125,7 +114,7 @@ def stepper(path: str, seed: int = 0, alone: bool = True):
                 parts = {"batch": t1 - t0, "trace model+guide": t2 - t1, "loss": t3 - t2,
                          "backward": t4 - t3, "optimiser": t5 - t4}
             else:
-                batch = model._sparse_batch(data, c, t, *totals)
+                batch = cells.sparse_batch(c, t, *totals)
                 t1 = clock()
                 surrogate, _ = network.loss(batch, kl_weight)
                 t2 = clock()
@@ -141,7 +130,7 @@ def stepper(path: str, seed: int = 0, alone: bool = True):
                 return parts
             # The networks' forward passes alone, without Pyro (not part of the step).
             with torch.no_grad():
-                dense_batch = model._batch(counts, covariates, c, t, *totals)
+                dense_batch = cells.dense_batch(c, t, *totals)
                 t6 = clock()
                 expression = dense_batch.normalised
                 network.background_encoder(expression, dense_batch.covariates)
@@ -213,9 +202,8 @@ def one_run(kind: str, seed: int, epochs: int, before: str | None) -> dict:
     if kind == "before":
         import importlib.util
 
-        from pertflow.models import base
-
-        base._REGISTRY.pop("contrastivevi", None)
+        # Nothing has imported pertflow.models.contrastivevi in this process, so the older file
+        # registers the name, and run_ours fits its model.
         spec = importlib.util.spec_from_file_location("contrastivevi_before", before)
         module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)

@@ -148,7 +148,7 @@ def heldout_r2(adata: ad.AnnData, group: str) -> dict:
     from pertflow.data.splits import split
 
     keys = Keys(CONDITION, CONTROL, PERTURBED, GROUP)
-    parts = split(adata, keys, group)
+    parts = split(adata, keys, group, hide_other_perturbations=False)
     train, controls, truth = parts["train"], parts["control"], parts["truth"]
     model = get_model_class("contrastivevi")(keys)
     model.fit(train, {}, seed=SEED)

@@ -66,7 +66,7 @@ def run_stage(stage: str, workdir: Path, n_cells: int, n_genes: int,
         adata = ad.read_h5ad(workdir / "preprocessed.h5ad")
         group = choose_held_out(adata, keys, [keys.perturbed], spec["held_out"],
                                 spec["min_cells"], name)[0].group
-        parts = split(adata, keys, group)
+        parts = split(adata, keys, group, hide_other_perturbations=False)
         for part, cells in parts.items():
             write_h5ad(cells, split_dir / f"{part}.h5ad")
         top_degs(parts["truth"], parts["control"]).to_csv(split_dir / "degs.csv", index=False)

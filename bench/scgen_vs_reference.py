@@ -51,7 +51,7 @@ KEYS = Keys(condition="condition", control="control", perturbed="stimulated", gr
 def split(adata: ad.AnnData, group: str) -> tuple[ad.AnnData, ad.AnnData, ad.AnnData]:
     """The workflow's split (``pertflow.data.splits.split``): training cells, the group's controls,
     its perturbed cells."""
-    parts = leave_one_out(adata, KEYS, group)
+    parts = leave_one_out(adata, KEYS, group, hide_other_perturbations=False)
     return parts["train"], parts["control"], parts["truth"]
 
 

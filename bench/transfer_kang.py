@@ -36,7 +36,8 @@ from pertflow.models import get_model_class
 from pertflow.data.preprocess import preprocess, recover_counts
 from pertflow.simulate.experiment import simulate
 from pertflow.data.splits import split
-from pertflow.benchmark.summary import ALL_GROUPS, summarise, summary_markdown
+from pertflow.benchmark.summary import ALL_GROUPS, summarise
+from pertflow.benchmark.verdict import as_markdown, verdict_of
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "kang2018_scgen_valid.h5ad"
@@ -58,7 +59,7 @@ class HeldOut:
     """One held-out type's split, DEGs and scoring."""
 
     def __init__(self, adata: ad.AnnData, group: str):
-        parts = split(adata, KEYS, group)
+        parts = split(adata, KEYS, group, hide_other_perturbations=False)
         self.group, self.train, self.control, self.truth = (
             group, parts["train"], parts["control"], parts["truth"])
         self.degs = top_degs(self.truth, self.control, 100)["names"].astype(str).tolist()
@@ -72,8 +73,8 @@ class HeldOut:
         print(f"{self.group:<12} {seed} {model:<22} R² top-100 {metrics['r2_mean_top100']:.3f} "
               f"all {metrics['r2_mean_all']:.3f} E {metrics['e_distance']:.3f} {seconds:6.1f} s "
               f"{transfer}", flush=True)
-        return {"dataset": "bench", "model": model, "group": self.group, "seed": seed,
-                **metrics, "seconds": seconds}
+        return {"dataset": "bench", "model": model, "perturbation": KEYS.perturbed,
+                "group": self.group, "seed": seed, **metrics, "seconds": seconds}
 
 
 def baselines(held_out: HeldOut, seed: int) -> list[dict]:
@@ -178,7 +179,7 @@ def main() -> None:
     for metric in headline:
         print(f"\n{metric}\n{per_type[metric].round(3).to_string()}")
     print()
-    print(summary_markdown(args.data, table, list(BASELINES)))
+    print(as_markdown(verdict_of(args.data, table, list(BASELINES))))
     print(f"seconds per fit (mean): {table.groupby('model')['seconds'].mean().round(1).to_dict()}")
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 

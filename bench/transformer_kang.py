@@ -111,7 +111,7 @@ def main() -> None:
 
     rows, pred_delta, true_delta = [], {label: {} for label, _, _ in models}, {}
     for group in groups:
-        parts = split(adata, KEYS, group)
+        parts = split(adata, KEYS, group, hide_other_perturbations=False)
         truth, control = dense(parts["truth"].X), dense(parts["control"].X)
         degs = top_degs(parts["truth"], parts["control"])["names"].tolist()
         train = parts["train"]

@@ -6,4 +6,4 @@ from pertflow.logs import log_to
 with log_to(snakemake.log[0]):
     source = snakemake.params.source
     download(source["url"], snakemake.output[0], sha256=source.get("sha256"),
-             retries=source.get("retries", 3))
+             retries=source["retries"])

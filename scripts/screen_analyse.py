@@ -4,7 +4,7 @@ import anndata as ad
 
 from pertflow.logs import log_to
 from pertflow.models import Model
-from pertflow.screen_analysis import analyse
+from pertflow.screen.analysis import analyse
 from pertflow.utils import atomic_path, write_h5ad
 
 with log_to(snakemake.log[0]) as log:

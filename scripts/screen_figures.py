@@ -5,7 +5,7 @@ import pandas as pd
 
 from pertflow.logs import log_to
 from pertflow.benchmark.figures import save
-from pertflow.screen_analysis import ranked_figure, umap_figure
+from pertflow.screen.figures import ranked_figure, umap_figure
 
 with log_to(snakemake.log[0]):
     cells = ad.read_h5ad(snakemake.input.latents)

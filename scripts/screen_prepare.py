@@ -2,7 +2,7 @@
 
 from pertflow.data.io import read_h5ad
 from pertflow.logs import log_to
-from pertflow.screen_analysis import prepare
+from pertflow.screen.analysis import prepare
 from pertflow.utils import write_h5ad
 
 with log_to(snakemake.log[0]):

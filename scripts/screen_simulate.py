@@ -1,7 +1,8 @@
-"""Simulate the screen declared under `source: simulate:` (pertflow.screen.simulate_screen)."""
+"""Simulate the screen declared under `source: simulate:`
+(pertflow.simulate.screen.simulate_screen)."""
 
 from pertflow.logs import log_to
-from pertflow.screen import simulate_screen
+from pertflow.simulate.screen import simulate_screen
 from pertflow.utils import write_h5ad
 
 with log_to(snakemake.log[0]) as log:

@@ -4,7 +4,7 @@ and save it."""
 import anndata as ad
 
 from pertflow.logs import log_to
-from pertflow.screen_analysis import model_params, train
+from pertflow.screen.analysis import model_params, train
 
 with log_to(snakemake.log[0]) as log:
     spec, seed, fold = snakemake.params.spec, snakemake.params.seed, snakemake.params.fold

@@ -23,13 +23,10 @@ with log_to(snakemake.log[0]) as log:
     log.info("predicted %d cells × %d genes", *prediction.shape)
     write_h5ad(prediction, snakemake.output.prediction)
 
-    # For a user deciding whether to cut a long run short; read from the config, not params, so
-    # that it changes nothing a rerun compares.
-    dataset = snakemake.wildcards.dataset
-    planned = planned_trainings(snakemake.config, dataset,
-                                f"results/{dataset}/held_out_groups.json")
-    if planned:
-        estimate = training_time_left(f"results/{dataset}/benchmarks/train_predict", planned,
-                                      (snakemake.wildcards.model, snakemake.wildcards.split, seed))
-        if estimate:
-            log.info(estimate)
+    # For a user deciding whether to cut a long run short.
+    progress = snakemake.params.progress
+    planned = planned_trainings(snakemake.input.splits, progress["models"], progress["n_seeds"])
+    estimate = training_time_left(progress["benchmarks"], planned,
+                                  (snakemake.wildcards.model, snakemake.wildcards.split, seed))
+    if estimate:
+        log.info(estimate)

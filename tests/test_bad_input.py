@@ -22,7 +22,7 @@ import scipy.sparse as sp
 import yaml
 
 from conftest import SNAKEMAKE, TINY_MODELS
-from pertflow.config import validate_config
+from pertflow.config import schema_defaults, validate_config
 from pertflow.errors import ConfigError
 from pertflow.models.baselines import MeanShift
 from pertflow.simulate.experiment import simulate
@@ -177,6 +177,11 @@ DATA_CASES = {
     "fewer_cells_than_a_batch": ({}, "good", ["fewer than one training batch needs",
                                                "Lower `batch_size`"]),
 }
+# The cases the held_out_groups checkpoint refuses, after preprocessing (QC removes cells), and
+# what the jobs before it wrote.
+CHECKPOINT_CASES = {"held_out_pair_with_too_few_cells", "held_out_group_absent",
+                    "held_out_group_without_controls"}
+PREPROCESSED = {"preprocessed.h5ad", "qc.json", "benchmarks/preprocess.tsv"}
 
 
 def source(name: str, data: dict, server: str) -> dict:
@@ -210,11 +215,28 @@ def test_data_problem_fails_its_job_with_the_fix_and_leaves_nothing(case, data_r
         assert part in logs, (part, logs[-3000:])
     assert not re.search(r"\bepoch \d", logs)  # no training started
     # No output, partial or complete, and no temporary file from the failing job: the data
-    # cases fail on reading the data, the batch case in its training job (under runs/).
+    # cases fail on reading the data or in the checkpoint, the batch case in its training job
+    # (under runs/).
     failed_job_writes = results / ("runs" if case == "fewer_cells_than_a_batch" else "")
-    left = [path for path in failed_job_writes.rglob("*")
-            if path.is_file() and path.suffix != ".log"]
+    written_before = PREPROCESSED if case in CHECKPOINT_CASES else set()
+    left = [path for path in failed_job_writes.rglob("*") if path.is_file()
+            and path.suffix != ".log" and str(path.relative_to(results)) not in written_before]
     assert not left, left
+
+
+@pytest.mark.workflow
+@pytest.mark.slow
+def test_a_split_the_checkpoint_did_not_choose_is_refused(data_run):
+    # The dataset that gets as far as training holds out T-helper only; its split jobs read the
+    # checkpoint's choice instead of checking the cells again.
+    workdir, _ = data_run
+    results = workdir / "results" / "fewer_cells_than_a_batch"
+    result = snakemake(workdir, (workdir / "config.yaml").read_text(),
+                       str((results / "splits" / "B" / "train.h5ad").relative_to(workdir)))
+    assert result.returncode != 0
+    log = (results / "logs" / "split" / "B.log").read_text()
+    assert "'B' is not one of the splits chosen in" in log and "add it to `held_out:`" in log
+    assert not [path for path in (results / "splits" / "B").rglob("*") if path.is_file()]
 
 
 class BatchNormShift(MeanShift):
@@ -287,6 +309,12 @@ def test_validation_fills_the_defaults_snakemake_validate_did(name):
     # What the rules read without a default of their own.
     assert {"seeds", "n_top_degs"} <= set(ours)
     for spec in ours["datasets"].values():
-        assert {"held_out", "min_cells", "latent_colors", "counts"} <= set(spec)
+        assert {"held_out", "min_cells", "latent_colors", "counts", "qc", "hvg",
+                "hide_other_perturbations_of_group"} <= set(spec)
+        # Every qc and hvg option, which the preprocessing reads without a default of its own.
+        assert set(spec["qc"]) == set(schema_defaults("dataset", "qc"))
+        assert set(spec["hvg"]) == set(schema_defaults("dataset", "hvg"))
+        if "url" in spec["source"]:
+            assert "retries" in spec["source"]
     for entry in ours["models"].values():
         assert {"params", "threads", "gpu", "mem_mb"} <= set(entry)

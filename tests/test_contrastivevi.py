@@ -163,13 +163,15 @@ def test_non_integer_counts_are_refused(small_sim, keys):
 def test_missing_counts_layer_is_refused(small_sim, keys):
     bad = small_sim.copy()
     del bad.layers["counts"]
-    with pytest.raises(DataError, match=r"layers\['counts'\] is missing"):
+    with pytest.raises(DataError, match=r"layers\['counts'\] is missing.*`counts:` key"):
         fit(bad, keys, TINY)
 
 
 def test_no_control_cells_is_refused(small_sim, keys):
     only_stimulated = small_sim[stimulated(small_sim, keys)].copy()
-    with pytest.raises(DataError, match=rf"no cells labelled '{keys.control}'.*obs\['condition'\]"):
+    with pytest.raises(DataError, match=rf"no cells labelled '{keys.control}' in "
+                                        r"obs\['condition'\] \(it holds 'stimulated'\).*"
+                                        r"`control` and `perturbed`.*`condition_key`"):
         fit(only_stimulated, keys, TINY)
 
 
@@ -209,26 +211,16 @@ def test_fast_loss_equals_pyro_elbo_on_a_fixed_batch(small_sim, keys, options):
     import pyro
     from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
-    from pertflow.models import contrastivevi as cvi
+    from pertflow.models.contrastivevi.training import heldout_losses
 
     model = get_model_class("contrastivevi")(keys)
     model.params = model.check_params({**TINY, **options})
     model.seed = 0
-    model.covariate_categories = {key: sorted(small_sim.obs[key].astype(str).unique())
-                                  for key in model.params["covariates"]}
-    key = model.params["classifier_key"]
-    model.label_categories = sorted(small_sim.obs[key].astype(str).unique()) if key else []
-    counts, covariates = model._counts(small_sim), model._covariates(small_sim)
-    labels = model._labels(small_sim)
-    model._start_training(small_sim)
-    network = cvi._ContrastiveVAE(small_sim.n_vars, covariates.shape[1], model.params,
-                                  (7.0, 0.5), len(model.label_categories)).to(model.device)
+    cells, split, _ = model.prepare(small_sim)  # fit's set-up: the cells and the network
+    network = model.network
     assert network.classifier is None or network.classifier.out_features == max(
         len(model.label_categories), 1)
-    model.network = network
-    is_control, _ = model._condition_masks(small_sim)
-    control = np.flatnonzero(is_control)[:40]
-    perturbed = np.flatnonzero(~is_control)[:50]
+    control, perturbed = split.control[:40], split.perturbed[:50]
     totals = (400, 700)  # the plates scale each group up to these
     elbo = TraceMeanField_ELBO() if model.params["elbo"] == "meanfield" else Trace_ELBO()
     parameters = dict(network.named_parameters())
@@ -236,13 +228,11 @@ def test_fast_loss_equals_pyro_elbo_on_a_fixed_batch(small_sim, keys, options):
     def loss_and_grads(fast: bool, kl_weight: float = 0.3):
         torch.manual_seed(11)
         if fast:
-            data = model._training_data(counts, covariates, labels)
-            loss, _ = network.loss(model._sparse_batch(data, control, perturbed, *totals),
-                                   kl_weight)
+            loss, _ = network.loss(cells.sparse_batch(control, perturbed, *totals), kl_weight)
         else:
             loss = elbo.differentiable_loss(network.model, network.guide,
-                                            model._batch(counts, covariates, control, perturbed,
-                                                         *totals, labels), kl_weight)
+                                            cells.dense_batch(control, perturbed, *totals),
+                                            kl_weight)
         dispersion = network.inverse_dispersion().unconstrained()
         grads = torch.autograd.grad(loss, [*parameters.values(), dispersion])
         return float(loss.detach()), grads
@@ -263,25 +253,23 @@ def test_fast_loss_equals_pyro_elbo_on_a_fixed_batch(small_sim, keys, options):
 
         # The per-epoch held-out ELBO by the fast path equals the one through Pyro.
         torch.manual_seed(5)
-        by_pyro = model._heldout_losses(counts, covariates, control, perturbed, labels=labels)
+        by_pyro = heldout_losses(network, cells, control, perturbed, by_pyro=True)
         torch.manual_seed(5)
-        by_fast = model._heldout_losses(counts, covariates, control, perturbed,
-                                        data=model._training_data(counts, covariates, labels))
+        by_fast = heldout_losses(network, cells, control, perturbed)
         for name in ("loss", "reconstruction_loss"):
             assert by_fast[name] == pytest.approx(by_pyro[name], rel=1e-5)
 
 
 def test_sparse_encoder_equals_dense(trained, small_sim):
     """The encoders' first layer on sparse rows gives the dense layer's output."""
-    counts, covariates = trained._counts(small_sim[:100]), trained._covariates(small_sim[:100])
+    cells = trained.cells(small_sim[:100])
     rows = np.arange(100)
     network = trained.network.eval()
-    sparse = trained._sparse_batch(trained._training_data(counts, covariates), rows, rows[:0],
-                                   100, 0)
-    dense_batch = trained._batch(counts, covariates, rows, rows[:0], 100, 0)
+    sparse = cells.sparse_batch(rows, rows[:0], 100, 0)
+    dense_batch = cells.dense_batch(rows, rows[:0], 100, 0)
     with torch.no_grad():
         for encoder in (network.background_encoder, network.salient_encoder):
-            for a, b in zip(encoder(sparse, sparse.covariates),
+            for a, b in zip(encoder(sparse.expression, sparse.covariates),
                             encoder(dense_batch.normalised, dense_batch.covariates)):
                 np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5)
 
@@ -291,7 +279,7 @@ def test_fused_optimiser_makes_pyros_clipped_adam_update():
     clamp, L2 weight decay, Pyro's eps placement) to float rounding."""
     from pyro.optim.clipped_adam import ClippedAdam
 
-    from pertflow.models.contrastivevi import _ClippedAdam
+    from pertflow.models.contrastivevi.training import FusedClippedAdam
 
     generator = torch.Generator().manual_seed(0)
     shapes = [(30, 7), (7,), (1,)]
@@ -299,7 +287,7 @@ def test_fused_optimiser_makes_pyros_clipped_adam_update():
     ours = [x.clone().requires_grad_() for x in start]
     pyros = [x.clone().requires_grad_() for x in start]
     settings = {"lr": 1e-2, "eps": 0.01, "weight_decay": 1e-3, "clip_norm": 1.0}
-    fused, reference = _ClippedAdam(ours, **settings), ClippedAdam(pyros, **settings)
+    fused, reference = FusedClippedAdam(ours, **settings), ClippedAdam(pyros, **settings)
     for _ in range(30):
         grads = [3 * torch.randn(shape, generator=generator) for shape in shapes]  # clamps
         for params, optimiser in ((ours, fused), (pyros, reference)):
@@ -318,19 +306,17 @@ def test_sparse_zinb_log_likelihood_equals_pyros_distribution():
     import pyro.distributions as dist
     import scipy.sparse as sp
 
-    from pertflow.models import contrastivevi as cvi
+    from pertflow.models.contrastivevi.module import zinb_log_likelihood
+    from pertflow.models.contrastivevi.training import Cells
 
     generator = torch.Generator().manual_seed(1)
     n_cells, n_genes = 12, 40
     counts = torch.poisson(torch.rand(n_cells, n_genes, generator=generator) ** 4 * 30)
     counts[0, :5] = torch.tensor([1.0, 2.0, 100.0, 500.0, 0.0])
     counts[:, 0] += 1  # no empty cell
-    csr = sp.csr_matrix(counts.numpy())
-    model = get_model_class("contrastivevi")(None)
-    model.device = torch.device("cpu")
-    data = {"counts": csr, "library": counts.sum(-1).numpy(),
-            "covariates": torch.zeros(n_cells, 0)}
-    batch = model._sparse_batch(data, np.arange(5), np.arange(5, n_cells), 5, n_cells - 5)
+    cells = Cells(sp.csr_matrix(counts.numpy()), np.zeros((n_cells, 0), np.float32), None,
+                  torch.device("cpu"))
+    batch = cells.sparse_batch(np.arange(5), np.arange(5, n_cells), 5, n_cells - 5)
     inputs = [8 * torch.randn(n_cells, n_genes, generator=generator),  # logits of proportions
               6 * torch.randn(n_cells, n_genes, generator=generator),  # gate logits
               7 + torch.randn(n_cells, generator=generator),  # log library
@@ -344,8 +330,8 @@ def test_sparse_zinb_log_likelihood_equals_pyros_distribution():
             gate_logits=gate_logits).log_prob(counts).sum(-1)
 
     def by_training(proportion_logits, gate_logits, log_library, r):
-        return cvi._zinb_log_likelihood(batch, log_library, proportion_logits.log_softmax(-1),
-                                        gate_logits, r)
+        return zinb_log_likelihood(batch, log_library, proportion_logits.log_softmax(-1),
+                                   gate_logits, r)
 
     weights = torch.rand(n_cells, generator=generator)  # a gradient other than all ones
     results = []

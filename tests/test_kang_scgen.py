@@ -25,7 +25,7 @@ def test_kang_cd4t_beats_the_control_baseline(kang_path):
     adata = ad.read_h5ad(kang_path)
     keys = Keys(condition="condition", control="control", perturbed="stimulated",
                 group="cell_type")
-    parts = split(adata, keys, "CD4T")
+    parts = split(adata, keys, "CD4T", hide_other_perturbations=False)
     top = parts["truth"].var_names.get_indexer(
         top_degs(parts["truth"], parts["control"], 100)["names"].tolist())
     truth = parts["truth"].X.toarray()

@@ -1,6 +1,8 @@
 """The estimate of a run's remaining training time, from the finished trainings' benchmarks."""
 
-from pertflow.logs import training_time_left
+import json
+
+from pertflow.logs import planned_trainings, training_time_left
 
 
 def write_benchmark(root, model, group, seed, seconds):
@@ -20,3 +22,9 @@ def test_remaining_time_is_each_models_mean_times_its_unfinished_trainings(tmp_p
                               ("scgen", "C", 0))
     assert line.startswith("4 of 10 trainings done")
     assert "the 6 left need about 3.9 min" in line  # (90 + 3 × 6 + 2 × 62) / 60 = 3.87
+
+
+def test_planned_trainings_are_the_chosen_splits_times_the_seeds(tmp_path):
+    chosen = tmp_path / "held_out_groups.json"
+    chosen.write_text(json.dumps({"splits": ["A", "B", "C"]}))
+    assert planned_trainings(chosen, ["scgen", "control"], 2) == {"scgen": 6, "control": 6}

@@ -1,10 +1,12 @@
 """Changing a config must not throw away finished work: after a finished tiny run (two baselines,
-one held-out group), a figure-only key (`latent_colors`) reruns nothing, and another `held_out`
-list adds or removes only that group's jobs (dry runs, `-n`)."""
+one held-out group), a figure-only key (`latent_colors`) reruns nothing, another `held_out` list
+adds or removes only that group's jobs, and the same config with its keys in another order reruns
+nothing (dry runs, `-n`)."""
 
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -25,8 +27,10 @@ def config() -> dict:
     return config
 
 
-def snakemake(workdir: Path, config: dict, *options: str) -> str:
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+def snakemake(workdir: Path, config: dict | str, *options: str) -> str:
+    """Run with ``config`` (a mapping, or the text of the config file)."""
+    text = config if isinstance(config, str) else yaml.safe_dump(config)
+    (workdir / "config.yaml").write_text(text)
     result = subprocess.run([*SNAKEMAKE, str(TINY_METRICS), "--directory", str(workdir),
                              "--configfile", str(workdir / "config.yaml"), *options],
                             capture_output=True, text=True)
@@ -75,3 +79,22 @@ def test_another_held_out_group_adds_only_its_jobs(finished):
     snakemake(finished, changed)
     jobs = planned(snakemake(finished, config(), "-n"))
     assert not [job for job in jobs if job[0] in TRAINING - {"held_out_groups"}], jobs
+
+
+def reordered(node):
+    """``node`` with the keys of every mapping in it in reverse order, recursively."""
+    if isinstance(node, dict):
+        return {key: reordered(node[key]) for key in reversed(node)}
+    if isinstance(node, list):
+        return [reordered(item) for item in node]
+    return node
+
+
+def test_the_same_config_with_its_keys_in_another_order_reruns_nothing(reference, tmp_path):
+    # A copy of the session's finished tiny run, whose config file has its keys sorted
+    # (yaml.safe_dump); written back with every mapping's keys reversed.
+    workdir = tmp_path / "reference"
+    shutil.copytree(reference, workdir, symlinks=True)
+    text = yaml.safe_dump(reordered(TINY_CONFIG), sort_keys=False)
+    assert text != yaml.safe_dump(TINY_CONFIG) and yaml.safe_load(text) == TINY_CONFIG
+    assert "Nothing to be done" in snakemake(workdir, text, "-n")

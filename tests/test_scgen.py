@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import copy
 
-import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
 
 from pertflow.errors import ConfigError
-from pertflow.keys import Keys
-from pertflow.benchmark.metrics import r2_mean, top_degs
 from pertflow.models import get_model_class
-from pertflow.models.scgen import (VAE, ArithmeticCheck, SparseRows, as_csr, decode, latent_delta,
-                                   lr_factor)
+from pertflow.models.scgen import VAE, ArithmeticCheck, decode, latent_delta, lr_factor
+from pertflow.models.sparse import SparseRows, as_csr
 from pertflow.data.splits import split
 
 # Small and quick: the simulated set has 300 genes, so a narrow network trains in seconds.
@@ -30,7 +27,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 @pytest.fixture(scope="module")
 def parts(small_sim, keys):
     """The split that holds out the first group's perturbed cells."""
-    return split(small_sim, keys, sorted(small_sim.obs[keys.group].unique())[0])
+    return split(small_sim, keys, sorted(small_sim.obs[keys.group].unique())[0],
+                 hide_other_perturbations=False)
 
 
 @pytest.fixture(scope="module")
@@ -236,24 +234,6 @@ def test_restore_best_keeps_the_best_arithmetic_epoch(parts, keys):
                             np.random.default_rng(0))
     assert check(model.vae, as_csr(train.X), torch.device("cpu")) == pytest.approx(
         history.arithmetic_r2.max(), abs=1e-6)
-
-
-def test_kang_cd4t_beats_the_control_baseline(kang_path):
-    adata = ad.read_h5ad(kang_path)
-    keys = Keys(condition="condition", control="control", perturbed="stimulated",
-                group="cell_type")
-    parts = split(adata, keys, "CD4T")
-    top = parts["truth"].var_names.get_indexer(
-        top_degs(parts["truth"], parts["control"], 100)["names"].tolist())
-    truth = parts["truth"].X.toarray()
-
-    def r2_top(model):
-        return r2_mean(np.asarray(model.predict(parts["control"]).X)[:, top], truth[:, top])
-
-    params = {"max_epochs": 8, "patience": None, "device": "cpu"}
-    scgen = get_model_class("scgen")(keys).fit(parts["train"], params, seed=0)
-    control = get_model_class("control")(keys).fit(parts["train"], {}, seed=0)
-    assert r2_top(scgen) > r2_top(control) + 0.1
 
 
 def test_cosine_schedule_ends_at_the_final_fraction():

@@ -1,5 +1,5 @@
 """The Perturb-seq screen analysis through the workflow: config/perturbseq.yaml with tiny settings
-end to end, and bad input failing before training."""
+end to end, bad input failing before training and a bad screen param at parse time."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import yaml
 
 from conftest import ROOT, SNAKEMAKE
 from pertflow.models import Model
-from pertflow.screen import simulate_screen
+from pertflow.simulate.screen import simulate_screen
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 
@@ -29,11 +29,11 @@ def tiny_config(source: dict) -> dict:
     return {"screens": {"tiny": spec}}
 
 
-def run(tmp_path, config: dict) -> subprocess.CompletedProcess:
+def run(tmp_path, config: dict, *extra: str) -> subprocess.CompletedProcess:
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    return subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(path)],
-                          capture_output=True, text=True)
+    return subprocess.run([*SNAKEMAKE, *extra, "--directory", str(tmp_path), "--configfile",
+                           str(path)], capture_output=True, text=True)
 
 
 def test_perturbseq_config_runs_end_to_end(tmp_path):
@@ -73,3 +73,13 @@ def test_no_control_cells_fails_before_training(tmp_path):
     assert "no control cells" in log and "non-targeting" in log
     assert not (tmp_path / "results" / "tiny" / "models").exists()
     assert np.all(raw.obs["perturbation"] != "non-targeting")
+
+
+def test_a_misspelt_screen_param_fails_the_dry_run(tmp_path):
+    config = tiny_config({"simulate": TINY})
+    config["screens"]["tiny"]["params"]["max_epoch"] = 4
+    done = run(tmp_path, config, "-n")
+    assert done.returncode != 0
+    assert ("config screens.tiny.params: unknown parameter(s) ['max_epoch'] for model "
+            "'contrastivevi'") in done.stdout + done.stderr
+    assert not (tmp_path / "results").exists()

@@ -8,6 +8,7 @@ import pytest
 import scanpy as sc
 
 from pertflow.data.preprocess import TARGET_SUM
+from pertflow.simulate import counts
 from pertflow.simulate.experiment import PERTURBATIONS, simulate
 from pertflow.utils import write_h5ad
 
@@ -275,3 +276,20 @@ def test_three_perturbations_round_trip(tmp_path):
     assert list(read["infected_genes"]) == list(truth["infected_genes"])
     for label, lfc in truth["true_response_lfc_by_perturbation"].items():
         np.testing.assert_array_equal(read["true_response_lfc_by_perturbation"][label], lfc)
+
+
+def test_the_count_model_draws_the_same_counts_in_blocks_of_cells(monkeypatch):
+    """Both simulators' counts: made in blocks of cells to bound memory, yet the numbers of one
+    draw of the whole matrix."""
+    log_rates = np.random.default_rng(0).normal(-4.0, 1.0, size=(50, 40))
+
+    def draw():
+        return counts.gamma_poisson_counts(np.random.default_rng(1),
+                                           lambda rows: log_rates[rows].copy(), 50, 40,
+                                           np.arange(3), 0.1, 500.0, 0.3)
+
+    whole = draw()
+    monkeypatch.setattr(counts, "BLOCK_VALUES", 7 * 40)
+    blocked = draw()
+    assert whole.nnz > 0 and (whole != blocked).nnz == 0
+    assert np.array_equal(whole.data, np.round(whole.data))

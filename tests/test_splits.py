@@ -23,7 +23,7 @@ def three_labels(small_sim, keys):
 
 def test_no_truth_cell_reaches_training(small_sim, keys):
     for group in small_sim.obs[keys.group].cat.categories:
-        parts = split(small_sim, keys, group)
+        parts = split(small_sim, keys, group, hide_other_perturbations=False)
         truth = set(parts["truth"].obs_names)
         assert truth and not truth & set(parts["train"].obs_names)
         assert not truth & set(parts["control"].obs_names)
@@ -64,6 +64,15 @@ def test_all_takes_every_perturbation_and_group_pair(three_labels, keys):
     assert pairs == [HeldOut("infected", "B"), *(HeldOut("stimulated", g) for g in groups)]
     with pytest.raises(DataError, match="names perturbation 'drug'.*infected, stimulated"):
         choose_held_out(three_labels, keys, PERTURBATIONS, {"drug": ["B"]}, 1, "sim")
+
+
+def test_splits_follow_perturbed_not_the_order_of_a_held_out_mapping(three_labels, keys):
+    # The workflow hands a job its params with sorted keys (common.smk's canonical).
+    backward = {"stimulated": ["B"], "infected": ["B"]}
+    assert choose_held_out(three_labels, keys, PERTURBATIONS, backward, 1, "sim") == [
+        HeldOut("infected", "B"), HeldOut("stimulated", "B")]
+    assert listed_splits({"perturbed": ["b", "a"], "held_out": {"a": ["B"], "b": ["NK"]}},
+                         "d") == [HeldOut("b", "NK"), HeldOut("a", "B")]
 
 
 def test_a_pair_with_too_few_cells_is_named(three_labels, keys):

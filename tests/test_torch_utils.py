@@ -1,14 +1,18 @@
 """Shared torch helpers and the torch models' base: device choice, the allocator settings training
-relies on for speed, and the check of the genes of cells given to a trained model."""
+relies on for speed, the sparse input layer, and the check of the genes of cells given to a
+trained model."""
 
 import resource
 import sys
 
+import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 from pertflow.errors import DataError
 from pertflow.models import get_model_class
+from pertflow.models.sparse import SparseRows, sparse_matmul
 from pertflow.models.torch_utils import resolve_device, reuse_freed_memory
 
 
@@ -49,3 +53,20 @@ def test_cells_with_other_genes_are_refused_alike_by_every_torch_model(name, sma
         model.predict(missing)
     with pytest.raises(DataError, match=r"have 300 genes, others besides them, or another order"):
         model.embed(small_sim[:, ::-1])
+
+
+@pytest.mark.parametrize("by_gene", [False, True])
+def test_sparse_matmul_is_the_dense_product_forward_and_backward(by_gene):
+    """Either backward order gives the dense product's gradient, whatever the weight's layout,
+    and ``dense`` gives back the rows."""
+    X = sp.random(30, 50, density=0.2, format="csr", random_state=0, dtype=np.float32)
+    rows = np.array([3, 0, 17, 17, 29])  # any order, repeats allowed
+    x = SparseRows(X, rows, torch.device("cpu"), by_gene=by_gene)
+    np.testing.assert_array_equal(x.dense().numpy(), X[rows].toarray())
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(8, 50, generator=generator, requires_grad=True)  # nn.Linear's layout
+    grad = torch.randn(len(rows), 8, generator=generator)
+    sparse = torch.autograd.grad(sparse_matmul(x, weight.t()), weight, grad)[0]
+    dense = torch.autograd.grad(x.dense() @ weight.t(), weight, grad)[0]
+    torch.testing.assert_close(sparse_matmul(x, weight.t()), x.dense() @ weight.t())
+    torch.testing.assert_close(sparse, dense)

@@ -116,7 +116,7 @@ def test_truth_never_reaches_fit_or_predict(name, small_sim, keys):
     scrambled.X = X.astype(np.float32)
     predictions = []
     for data in (small_sim, scrambled):
-        parts = split(data, keys, group)
+        parts = split(data, keys, group, hide_other_perturbations=False)
         model = get_model_class(name)(keys).fit(parts["train"], {}, seed=0)
         predictions.append(dense(model.predict(parts["control"]).X))
     assert np.allclose(*predictions, atol=1e-5)
@@ -160,7 +160,7 @@ def alphas_and_gains(response_sharing: str) -> tuple[list[float], list[float]]:
     keys = Keys("condition", "control", "stimulated", "cell_type")
     alphas, gains = [], []
     for group in adata.obs["cell_type"].cat.categories:
-        parts = split(adata, keys, group)
+        parts = split(adata, keys, group, hide_other_perturbations=False)
         truth, control = dense(parts["truth"].X).mean(0), dense(parts["control"].X)
         top = np.argsort(-np.abs(truth - control.mean(0)))[:100]
         model = get_model_class("similarity_shift")(keys).fit(parts["train"], {}, seed=0)

@@ -1,25 +1,46 @@
-"""Reading the validated run config: experiment keys per dataset and resolved model entries,
-and the checks Snakemake's config loading does not make."""
+"""Reading the run config when the workflow is parsed: every check that needs no data (so a bad
+config stops the run before any job), schema validation with its defaults, and what the rules
+hand their jobs, resolved once: model entries and dataset specs."""
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from pertflow.data.splits import HeldOut, held_out_of, listed_splits, names_several
 from pertflow.errors import ConfigError
+from pertflow.keys import Keys, dataset_keys
 from pertflow.models.base import get_model_class
+from pertflow.utils import ROOT
+
+# The config schema: its `default:`s are the only defaults of the config's keys.
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+# Old qc: names and what they are called now (a dataset's `min_cells` is a group's minimum cells).
+RENAMED_QC_KEYS = {"min_cells": "min_cells_per_gene"}
+# What the preprocessing job gets of its dataset entry: the keys that shape the preprocessed data
+# and no other, so that editing `held_out`, `min_cells` or a figure setting (`latent_colors`)
+# does not rerun it (nor, through it, every training).
+PREPROCESS_KEYS = ("rename", "condition_key", "control", "perturbed", "group_key", "counts",
+                   "gene_symbols", "qc", "hvg")
+# What the held_out_groups checkpoint gets: the keys and labels of the whole dataset (`perturbed:`
+# may be `all`, known from the cells) and what decides the splits.
+PLAN_KEYS = ("condition_key", "control", "perturbed", "group_key", "held_out", "min_cells")
 
 
 def model_entry(config: dict, entry: str) -> dict[str, Any]:
-    """The config entry ``entry`` under ``models:`` with its registry name and full params."""
+    """The config entry ``entry`` under ``models:`` with its registry name, module and full
+    params: what a training job learns from (its resources, such as threads and gpu, are read
+    from the config entry and change nothing it learns)."""
     spec = config["models"][entry]
     name = spec.get("model", entry)
     cls = get_model_class(name, spec.get("module"))
     params = cls.check_params(spec.get("params"), where=f"config models.{entry}.params")
-    return {"model": name, "module": spec.get("module"), "params": params,
-            "gpu": int(spec.get("gpu", 0)), "threads": int(spec.get("threads", 1))}
+    return {"model": name, "module": spec.get("module"), "params": params}
 
 
 def baseline_models(config: dict) -> list[str]:
@@ -31,14 +52,89 @@ def baseline_models(config: dict) -> list[str]:
     return [name for name in config["models"] if is_baseline(name)]
 
 
-def check_models(config: dict) -> None:
-    """Fail at parse time, before anything runs, on unknown model names or parameters."""
+def check_models(config: dict) -> dict[str, dict[str, Any]]:
+    """Every model entry resolved (``model_entry``), or a ConfigError at parse time on an unknown
+    model name or parameter."""
+    entries = {}
     for entry in config["models"]:
         try:
-            model_entry(config, entry)
+            entries[entry] = model_entry(config, entry)
         except ImportError as error:
             raise ConfigError(f"config models.{entry}: cannot import the model ({error}); "
                               "install its dependencies or fix `module:`.") from error
+    return entries
+
+
+def _qc_in_file(path: str | Path, dataset: str) -> dict:
+    """The `qc:` of dataset ``dataset`` as the config file at ``path`` writes it."""
+    with open(path, encoding="utf-8") as f:
+        datasets = (yaml.safe_load(f) or {}).get("datasets") or {}
+    return (datasets.get(dataset) or {}).get("qc") or {}
+
+
+def check_renamed_keys(config: dict, configfiles: list[str | Path]) -> None:
+    """Fail on a key spelled as before its rename, naming the file, the key and the new name (the
+    schema alone would only say that the old name is unexpected)."""
+    datasets = config.get("datasets")
+    for dataset, spec in datasets.items() if isinstance(datasets, dict) else ():
+        qc = spec.get("qc") if isinstance(spec, dict) else None
+        for old, new in RENAMED_QC_KEYS.items():
+            if isinstance(qc, dict) and old in qc:
+                files = [str(p) for p in configfiles if old in _qc_in_file(p, dataset)]
+                raise ConfigError(
+                    f"{', '.join(files) or 'config'}: datasets.{dataset}.qc.{old} is now "
+                    f"qc.{new} (the cells a gene must be detected in; the dataset's own "
+                    "`min_cells` is the cells a held-out group needs). Rename the key.")
+
+
+def check_sources(config: dict) -> None:
+    """A dataset's `source: path:` is relative to the working directory (--directory): a missing
+    file stops the run before any job, naming the absolute path tried."""
+    # Imported here: pertflow.data.io imports the preprocessing, which reads this module.
+    from pertflow.data.io import source_path
+
+    for name, spec in config["datasets"].items():
+        if "path" in spec["source"]:
+            source_path(spec["source"]["path"], name)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A validated `datasets:` entry (schema defaults filled in), resolved once at parse time:
+    what the rules hand their jobs of it, so that no rule or script derives it again."""
+
+    name: str
+    entry: dict[str, Any]
+    # Its splits are named perturbation/group (`perturbed:` a list or all), else by group alone.
+    several: bool
+    # The names of the splits the config lists, known before any data is read; None where an
+    # `all` leaves them to the held_out_groups checkpoint.
+    listed: tuple[str, ...] | None
+    # The params of the jobs that read part of the entry (PREPROCESS_KEYS, PLAN_KEYS).
+    preprocess: dict[str, Any]
+    plan: dict[str, Any]
+
+    def split(self, name: str) -> HeldOut:
+        """The split named ``name`` (``HeldOut.name``): its perturbation and group."""
+        return held_out_of(self.entry, name)
+
+    def keys(self, split: str) -> Keys:
+        """The experiment keys of the split named ``split``."""
+        return dataset_keys(self.entry, self.split(split).perturbation)
+
+
+def dataset_specs(config: dict) -> dict[str, DatasetSpec]:
+    """A DatasetSpec per dataset of the validated ``config``."""
+    specs = {}
+    for name, entry in config["datasets"].items():
+        several = names_several(entry["perturbed"])
+        listed = listed_splits(entry, name)
+        specs[name] = DatasetSpec(
+            name=name, entry=entry, several=several,
+            listed=None if listed is None else tuple(h.name(several) for h in listed),
+            preprocess={key: entry[key] for key in PREPROCESS_KEYS if key in entry},
+            plan={key: entry[key] for key in PLAN_KEYS})
+    return specs
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -215,7 +311,8 @@ def validate_config(config: dict, schema_path: str | Path,
         if isinstance(instance, dict):
             for name, sub in props.items():
                 if "default" in sub:
-                    instance.setdefault(name, sub["default"])
+                    # A copy: filling the defaults inside it must not change the schema's.
+                    instance.setdefault(name, copy.deepcopy(sub["default"]))
         yield from properties(validator, props, instance, subschema)
 
     validator_class = validators.extend(Draft202012Validator, {"properties": set_defaults})
@@ -226,3 +323,44 @@ def validate_config(config: dict, schema_path: str | Path,
     path, problem = _describe(error)
     where = _file_with_key(path, [str(p) for p in configfiles])
     raise ConfigError(f"{where}: {_key_path(path)}: {problem}.")
+
+
+@cache
+def _schema() -> dict:
+    with open(SCHEMA, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def schema_defaults(definition: str, key: str) -> dict[str, Any]:
+    """{name: default} of the options under ``key`` of the schema's ``definition`` (e.g.
+    ``"dataset", "qc"``), for a library caller that has no validated config."""
+    options = _schema()["$defs"][definition]["properties"][key]["properties"]
+    return {name: copy.deepcopy(option["default"]) for name, option in options.items()}
+
+
+def check_screens(config: dict) -> None:
+    """Fail at parse time, before anything runs, on what a ``screens:`` entry of a validated
+    config (schema defaults filled in) gets wrong without its data: its contrastiveVI params,
+    checked by the model as ``check_models`` checks the benchmark's; params the screen sets
+    itself; its columns; a name a dataset also has."""
+    # Imported here: the screen analysis loads scanpy, which reading a benchmark config skips.
+    from pertflow.screen.analysis import CONDITION, FOLD, MODEL, model_params, params_from_screen
+
+    for name, spec in config["screens"].items():
+        where = f"config screens.{name}"
+        if name in config.get("datasets", {}):
+            raise ConfigError(f"{where}: a dataset is also named '{name}' and both write "
+                              f"results/{name}/; rename the screen or the dataset.")
+        from_screen = sorted(set(spec["params"]) & set(params_from_screen(spec)))
+        if from_screen:
+            raise ConfigError(f"{where}.params.{from_screen[0]}: set from the screen's "
+                              "`perturbation_key:` and `covariates:`; remove it from `params:`.")
+        key = spec["perturbation_key"]
+        if key in spec["covariates"]:
+            raise ConfigError(f"{where}.covariates: lists the perturbation_key '{key}', whose "
+                              "effects would be taken for a covariate's; remove it.")
+        for column in (key, *spec["covariates"]):
+            if column in (CONDITION, FOLD):
+                raise ConfigError(f"{where}: obs column '{column}' has the name of a column the "
+                                  "analysis adds; rename it in the data.")
+        get_model_class(MODEL).check_params(model_params(spec), where=f"{where}.params")

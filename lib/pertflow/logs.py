@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 
 from pertflow.errors import PertflowError
-from pertflow.data.splits import listed_splits
 
 
 @contextmanager
@@ -76,15 +75,8 @@ def training_time_left(benchmarks: str | Path, planned: dict[str, int],
             "training in all at each model's mean time so far (less with several at once)")
 
 
-def planned_trainings(config: dict, dataset: str, chosen: str | Path) -> dict[str, int] | None:
-    """Trainings per model the run plans for ``dataset``: splits × seeds, the splits listed in
-    the config or, with an `all`, chosen by the checkpoint (its file ``chosen``, written before
-    any training of that plan). None while they are not known."""
-    listed = listed_splits(config["datasets"][dataset], dataset)
-    if listed is not None:
-        n_splits = len(listed)
-    elif Path(chosen).exists():
-        n_splits = len(json.loads(Path(chosen).read_text())["splits"])
-    else:
-        return None
-    return dict.fromkeys(config["models"], n_splits * len(config["seeds"]))
+def planned_trainings(chosen: str | Path, models: list[str], n_seeds: int) -> dict[str, int]:
+    """Trainings per model a run plans for a dataset: the splits the held_out_groups checkpoint
+    chose (its file ``chosen``) × ``n_seeds``, for each of ``models``."""
+    n_splits = len(json.loads(Path(chosen).read_text())["splits"])
+    return dict.fromkeys(models, n_splits * n_seeds)

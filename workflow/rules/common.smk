@@ -4,17 +4,19 @@ import os
 import shutil
 from dataclasses import asdict
 
-import yaml
 from snakemake.exceptions import WorkflowError
 
 # The library is installed (`pip install -e .`; in conda envs by envs/install-pertflow.sh).
 os.environ.update(PERTFLOW_ROOT=workflow.basedir)
 try:
     from pertflow.config import (
+        SCHEMA,
         baseline_models,
         check_models,
+        check_renamed_keys,
+        check_sources,
         check_unique_keys,
-        model_entry,
+        dataset_specs,
         validate_config,
     )
 except ImportError as error:
@@ -22,57 +24,31 @@ except ImportError as error:
         f"cannot import pertflow ({error}): install the workflow's library into the Python "
         f"that runs Snakemake with `pip install -e {workflow.basedir}` (`make run` does it)."
     ) from error
-from pertflow.data.io import source_path
+# held_out_of (as split_named) and names_several are also read by figures.smk.
 from pertflow.data.splits import held_out_of as split_named
-from pertflow.data.splits import listed_splits, names_several
-from pertflow.errors import ConfigError
-from pertflow.keys import dataset_keys
+from pertflow.data.splits import names_several
 from pertflow.models import Model, get_model_class
-from pertflow.data.preprocess import RENAMED_QC_KEYS
 from pertflow.utils import clear_stale_snakemake_locks
 
 if workflow.is_main_process:
     # Held open while this run lasts; lets the next run tell a killed run's locks from a live one's.
     WORKDIR_LOCK = clear_stale_snakemake_locks()
 
-
-def qc_in_file(path, dataset):
-    """The `qc:` of dataset ``dataset`` as the config file at ``path`` writes it."""
-    with open(path, encoding="utf-8") as f:
-        datasets = (yaml.safe_load(f) or {}).get("datasets") or {}
-    return (datasets.get(dataset) or {}).get("qc") or {}
-
-
-def check_renamed_keys(config, configfiles):
-    """Fail on a key spelled as before its rename, naming the file, the key and the new name (the
-    schema alone would only say that the old name is unexpected)."""
-    datasets = config.get("datasets")
-    for dataset, spec in datasets.items() if isinstance(datasets, dict) else ():
-        qc = spec.get("qc") if isinstance(spec, dict) else None
-        for old, new in RENAMED_QC_KEYS.items():
-            if isinstance(qc, dict) and old in qc:
-                files = [str(p) for p in configfiles if old in qc_in_file(p, dataset)]
-                raise ConfigError(
-                    f"{', '.join(files) or 'config'}: datasets.{dataset}.qc.{old} is now "
-                    f"qc.{new} (the cells a gene must be detected in; the dataset's own "
-                    "`min_cells` is the cells a held-out group needs). Rename the key."
-                )
-
-
+# Every check of the config that needs no data (pertflow.config), before anything runs.
 check_unique_keys(workflow.configfiles)
 check_renamed_keys(config, workflow.configfiles)
 # One short ConfigError (file, key path, what is wrong, what is valid) instead of the schema dump;
 # fills the schema's defaults like snakemake.utils.validate(config, schema, set_default=True).
-validate_config(
-    config,
-    os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"),
-    workflow.configfiles,
-)
+validate_config(config, SCHEMA, workflow.configfiles)
 # A config of screens alone has no benchmark: no datasets, no models.
 config.setdefault("datasets", {})
 config.setdefault("models", {})
 config.setdefault("screens", {})
-check_models(config)
+# Resolved once, as are the dataset specs: what the rules hand their jobs of each model entry.
+MODEL_ENTRIES = check_models(config)
+if workflow.is_main_process:
+    check_sources(config)
+DATASET_SPECS = dataset_specs(config)
 
 DATASETS = list(config["datasets"])
 MODELS = list(config["models"])
@@ -80,18 +56,30 @@ SEEDS = config["seeds"]
 # Models with a latent space (their class overrides Model.embed) get latent UMAP figures.
 LATENT_MODELS = [
     m
-    for m in MODELS
-    if get_model_class(model_entry(config, m)["model"]).embed is not Model.embed
+    for m, entry in MODEL_ENTRIES.items()
+    if get_model_class(entry["model"], entry["module"]).embed is not Model.embed
 ]
 # The entries with a latent space by model class (registry name): each class's entries (e.g. scGen
 # and its encoder normalisation ablation) are compared side by side in figures/{class}_latents.
 LATENT_CLASSES = {}
 for m in LATENT_MODELS:
-    LATENT_CLASSES.setdefault(model_entry(config, m)["model"], []).append(m)
+    LATENT_CLASSES.setdefault(MODEL_ENTRIES[m]["model"], []).append(m)
+
+# Results paths, each spelled here only: the rules and input functions use these names, and
+# scripts get the paths as their input, output or params.
+SIMULATED = "results/{dataset}/simulated.h5ad"
+DOWNLOADED = "results/{dataset}/download/raw.h5ad"
+PREPROCESSED = "results/{dataset}/preprocessed.h5ad"
+QC_REPORT = "results/{dataset}/qc.json"
+HELD_OUT_GROUPS = "results/{dataset}/held_out_groups.json"
 # {split}: the held-out group, or perturbation/group in a dataset of several perturbations
 # (pertflow.data.splits.HeldOut.name).
-RUN = "results/{dataset}/runs/{model}/{split}/seed{seed}"
 SPLIT = "results/{dataset}/splits/{split}"
+RUN = "results/{dataset}/runs/{model}/{split}/seed{seed}"
+# Where Snakemake writes each training job's benchmark (seconds, max RSS): plot_cost and the
+# training log's estimate of the time left read them.
+TRAIN_BENCHMARKS = "results/{dataset}/benchmarks/train_predict"
+TRAIN_BENCHMARK = f"{TRAIN_BENCHMARKS}/{{model}}/{{split}}/seed{{seed}}.tsv"
 
 
 wildcard_constraints:
@@ -101,51 +89,45 @@ wildcard_constraints:
     seed=r"\d+",
 
 
+def canonical(value):
+    """``value`` with the keys of every mapping in it sorted, recursively: for every rule param
+    that holds a mapping of the config. Snakemake compares params by their repr, which keeps a
+    dict's order, so without it the same config with its keys in another order (as
+    yaml.safe_dump writes it) would rerun every job. The dicts built here (experiment_keys,
+    held_out_of, training_entry) have a fixed order of their own, which scripts may write out
+    (evaluate's metrics.json)."""
+    if isinstance(value, dict):
+        return {key: canonical(value[key]) for key in sorted(value, key=str)}
+    if isinstance(value, list):
+        return [canonical(item) for item in value]
+    return value
+
+
 def dataset_spec(wildcards):
-    return config["datasets"][wildcards.dataset]
+    """The dataset's validated config entry."""
+    return DATASET_SPECS[wildcards.dataset].entry
 
 
 def held_out_of(wildcards):
     """The split of the wildcards (its perturbation and group), as a dict for a script."""
-    return asdict(split_named(dataset_spec(wildcards), wildcards.split))
+    return asdict(DATASET_SPECS[wildcards.dataset].split(wildcards.split))
 
 
 def experiment_keys(wildcards):
     """The experiment keys (pertflow.keys.Keys as a dict) of the split, or for a rule of the
     whole dataset, of its first split (whose model its figures load): scripts get these resolved
     instead of re-reading the dataset spec."""
-    spec = dataset_spec(wildcards)
     name = wildcards.get("split") or held_out_splits(wildcards.dataset)[0]
-    return dataset_keys(spec, split_named(spec, name).perturbation).as_dict()
+    return DATASET_SPECS[wildcards.dataset].keys(name).as_dict()
 
 
 def raw_path(wildcards):
     source = dataset_spec(wildcards)["source"]
     if "simulate" in source:
-        return f"results/{wildcards.dataset}/simulated.h5ad"
+        return SIMULATED.format(dataset=wildcards.dataset)
     if "url" in source:
-        return f"results/{wildcards.dataset}/download/raw.h5ad"
+        return DOWNLOADED.format(dataset=wildcards.dataset)
     return source["path"]
-
-
-if workflow.is_main_process:
-    # A `source: path:` is relative to the working directory (--directory): a missing file stops
-    # the run before any job, naming the absolute path tried.
-    for name, spec in config["datasets"].items():
-        if "path" in spec["source"]:
-            source_path(spec["source"]["path"], name)
-
-
-# What the preprocessing job gets of its dataset entry: the keys that shape the preprocessed data
-# and no other, so that editing `held_out`, `min_cells` or a figure setting (`latent_colors`)
-# does not rerun it (nor, through it, every training).
-PREPROCESS_KEYS = ["rename", "condition_key", "control", "perturbed", "group_key"]
-PREPROCESS_KEYS += ["counts", "gene_symbols", "qc", "hvg"]
-
-
-def preprocess_spec(wildcards):
-    spec = dataset_spec(wildcards)
-    return {key: spec[key] for key in PREPROCESS_KEYS if key in spec}
 
 
 def held_out_splits(dataset):
@@ -153,10 +135,9 @@ def held_out_splits(dataset):
     before anything runs, so adding or removing a group adds or removes only its jobs; with an
     `all`, those with `min_cells` cells, known once the checkpoint has looked at the
     preprocessed data."""
-    spec = config["datasets"][dataset]
-    listed = listed_splits(spec, dataset)
+    listed = DATASET_SPECS[dataset].listed
     if listed is not None:
-        return [h.name(names_several(spec["perturbed"])) for h in listed]
+        return list(listed)
     with open(checkpoints.held_out_groups.get(dataset=dataset).output[0]) as f:
         return json.load(f)["splits"]
 
@@ -165,18 +146,12 @@ def held_out_splits(dataset):
 HOST_HAS_GPU = shutil.which("nvidia-smi") is not None
 
 
-# Where Snakemake writes each training job's benchmark (seconds, max RSS): plot_cost reads them.
-TRAIN_BENCHMARK = (
-    "results/{dataset}/benchmarks/train_predict/{model}/{split}/seed{seed}.tsv"
-)
-
-
 def training_entry(model):
     """What a training job (and a figure that loads its model) gets of a model entry: registry
-    name, module and full params; not its resources (threads, gpu), which do not change what it
-    learns, so editing them reruns nothing."""
-    entry = model_entry(config, model)
-    return {key: entry[key] for key in ("model", "module", "params")}
+    name, module and full params in the model's order (pertflow.config.model_entry); not its
+    resources (threads, gpu), which do not change what it learns, so editing them reruns
+    nothing."""
+    return MODEL_ENTRIES[model]
 
 
 def model_resource(name):
@@ -188,7 +163,7 @@ def model_resource(name):
 
 def gpus(wildcards):
     """GPUs a training job holds: the entry's `gpu`, or one for a model that will use CUDA."""
-    device = str(model_entry(config, wildcards.model)["params"].get("device", "cpu"))
+    device = str(MODEL_ENTRIES[wildcards.model]["params"].get("device", "cpu"))
     uses_cuda = device.startswith("cuda") or (device == "auto" and HOST_HAS_GPU)
     return max(model_resource("gpu")(wildcards), int(uses_cuda))
 
@@ -221,11 +196,11 @@ def run_files(pattern):
     run."""
 
     def files(wildcards):
-        spec = dataset_spec(wildcards)
+        spec = DATASET_SPECS[wildcards.dataset]
         return {
             pattern.format(dataset=wildcards.dataset, model=m, split=name, seed=s): {
                 "model": m,
-                **asdict(split_named(spec, name)),
+                **asdict(spec.split(name)),
                 "seed": s,
             }
             for m in MODELS
@@ -267,6 +242,9 @@ def run_metrics(wildcards):
 
 
 # ---- screens (workflow/rules/screen.smk) ----
+from pertflow.config import check_screens
+
+check_screens(config)
 SCREENS = list(config["screens"])
 SCREEN = "results/{screen}"
 

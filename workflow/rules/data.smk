@@ -1,6 +1,6 @@
 rule simulate:
     output:
-        "results/{dataset}/simulated.h5ad",
+        SIMULATED,
     log:
         "results/{dataset}/logs/simulate.log",
     benchmark:
@@ -8,14 +8,14 @@ rule simulate:
     conda:
         "../../envs/data.yaml"
     params:
-        simulate=lambda w: dataset_spec(w)["source"]["simulate"],
+        simulate=lambda w: canonical(dataset_spec(w)["source"]["simulate"]),
     script:
         "../../scripts/simulate.py"
 
 
 rule download:
     output:
-        "results/{dataset}/download/raw.h5ad",
+        DOWNLOADED,
     log:
         "results/{dataset}/logs/download.log",
     benchmark:
@@ -23,6 +23,6 @@ rule download:
     conda:
         "../../envs/data.yaml"
     params:
-        source=lambda w: dataset_spec(w)["source"],
+        source=lambda w: canonical(dataset_spec(w)["source"]),
     script:
         "../../scripts/download.py"

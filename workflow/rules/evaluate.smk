@@ -38,9 +38,8 @@ rule evaluate:
 rule aggregate_metrics:
     input:
         metrics=run_metrics,
-        # The checkpoint's check of the held-out splits after QC (and its log of cells per group)
-        # also for a `held_out:` list, whose jobs do not wait for it.
-        groups="results/{dataset}/held_out_groups.json",
+        # The checkpoint's plan of the held-out splits (and its log of cells per group).
+        groups=HELD_OUT_GROUPS,
     output:
         report(
             "results/{dataset}/metrics.csv",
@@ -85,7 +84,7 @@ rule summarise:
     input:
         metrics="results/{dataset}/metrics.csv",
         # Its warnings (a QC rule that matched no gene) are repeated in the summary and verdict.
-        qc="results/{dataset}/qc.json",
+        qc=QC_REPORT,
         transfer="results/{dataset}/transfer.csv",
     output:
         table=report(

@@ -171,7 +171,7 @@ rule plot_latent:
             seed=SEEDS[0],
             allow_missing=True,
         ),
-        cells="results/{dataset}/preprocessed.h5ad",
+        cells=PREPROCESSED,
     output:
         report(
             directory("results/{dataset}/figures/latent/{model}"),
@@ -202,7 +202,7 @@ rule plot_latent:
 rule plot_latent_comparison:
     input:
         models=lambda w: list(latent_models(w).values()),
-        cells="results/{dataset}/preprocessed.h5ad",
+        cells=PREPROCESSED,
     output:
         png=report(
             "results/{dataset}/figures/{cls}_latents.png",

@@ -2,6 +2,8 @@ rule train_predict:
     input:
         train=f"{SPLIT}/train.h5ad",
         control=f"{SPLIT}/control.h5ad",
+        # The splits planned, for the log's estimate of the training time left.
+        splits=ancient(HELD_OUT_GROUPS),
     output:
         model=directory(f"{RUN}/model"),
         prediction=f"{RUN}/prediction.h5ad",
@@ -24,5 +26,12 @@ rule train_predict:
         entry=lambda w: training_entry(w.model),
         experiment_keys=experiment_keys,
         seed=lambda w: int(w.seed),
+        # The rest of the estimate. A function of `input`, which makes it a param Snakemake
+        # does not compare for a rerun: adding a model or a seed must not rerun every training.
+        progress=lambda w, input: {
+            "models": MODELS,
+            "n_seeds": len(SEEDS),
+            "benchmarks": TRAIN_BENCHMARKS.format(dataset=w.dataset),
+        },
     script:
         "../../scripts/train_predict.py"

@@ -2,9 +2,9 @@ rule preprocess:
     input:
         raw_path,
     output:
-        data="results/{dataset}/preprocessed.h5ad",
+        data=PREPROCESSED,
         # Cells and genes kept, and warnings (a QC rule matching no gene) for the summary.
-        qc="results/{dataset}/qc.json",
+        qc=QC_REPORT,
     log:
         "results/{dataset}/logs/preprocess.log",
     benchmark:
@@ -12,7 +12,7 @@ rule preprocess:
     conda:
         "../../envs/preprocess.yaml"
     params:
-        # Only the keys that shape the preprocessed data (common.smk's PREPROCESS_KEYS).
-        spec=preprocess_spec,
+        # Only the keys that shape the preprocessed data (pertflow.config.PREPROCESS_KEYS).
+        spec=lambda w: canonical(DATASET_SPECS[w.dataset].preprocess),
     script:
         "../../scripts/preprocess.py"

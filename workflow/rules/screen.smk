@@ -1,5 +1,5 @@
 # Perturb-seq screens (`screens:` in the config): contrastiveVI on all cells, then the
-# per-perturbation analysis in its salient space (lib/pertflow/screen_analysis.py). Paths and
+# per-perturbation analysis in its salient space (lib/pertflow/screen/analysis.py). Paths and
 # input functions in common.smk.
 SCREEN_OUTPUTS = expand(
     [
@@ -21,7 +21,7 @@ rule screen_simulate:
     conda:
         "../../envs/data.yaml"
     params:
-        simulate=lambda w: screen_spec(w)["source"]["simulate"],
+        simulate=lambda w: canonical(screen_spec(w)["source"]["simulate"]),
     script:
         "../../scripts/screen_simulate.py"
 
@@ -40,11 +40,13 @@ rule screen_prepare:
     conda:
         "../../envs/preprocess.yaml"
     params:
-        spec=lambda w: {
-            k: v
-            for k, v in screen_spec(w).items()
-            if k not in ("params", "n_permutations", "n_samples")
-        },
+        spec=lambda w: canonical(
+            {
+                k: v
+                for k, v in screen_spec(w).items()
+                if k not in ("params", "n_permutations", "n_samples")
+            }
+        ),
         seed=lambda w: screen_spec(w)["seed"],
     script:
         "../../scripts/screen_prepare.py"
@@ -65,11 +67,13 @@ rule screen_train:
     conda:
         "../../envs/models.yaml"
     params:
-        spec=lambda w: {
-            k: v
-            for k, v in screen_spec(w).items()
-            if k in ("perturbation_key", "control", "covariates", "params")
-        },
+        spec=lambda w: canonical(
+            {
+                k: v
+                for k, v in screen_spec(w).items()
+                if k in ("perturbation_key", "control", "covariates", "params")
+            }
+        ),
         fold=lambda w: None if w.fit == "all" else int(w.fit.removeprefix("fold")),
         seed=lambda w: screen_spec(w)["seed"],
     script:
@@ -96,7 +100,7 @@ rule screen_analyse:
     conda:
         "../../envs/models.yaml"
     params:
-        spec=screen_spec,
+        spec=lambda w: canonical(screen_spec(w)),
         seed=lambda w: screen_spec(w)["seed"],
     script:
         "../../scripts/screen_analyse.py"

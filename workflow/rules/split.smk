@@ -1,27 +1,27 @@
+# The one check of the held-out plan: each split's group has `min_cells` control and perturbed
+# cells after QC. Its file is an input of every split's jobs, marked ancient: rewritten for a new
+# `held_out` or `min_cells`, it adds the jobs of new splits and reruns none of the others.
 checkpoint held_out_groups:
     input:
-        "results/{dataset}/preprocessed.h5ad",
+        PREPROCESSED,
     output:
-        "results/{dataset}/held_out_groups.json",
+        HELD_OUT_GROUPS,
     log:
         "results/{dataset}/logs/held_out_groups.log",
     conda:
         "../../envs/preprocess.yaml"
     params:
-        # Keys and labels of the whole dataset (`perturbed:` may be `all`, known from the cells).
-        spec=lambda w: {
-            key: dataset_spec(w)[key]
-            for key in ("condition_key", "control", "perturbed", "group_key")
-        },
-        held_out=lambda w: dataset_spec(w)["held_out"],
-        min_cells=lambda w: dataset_spec(w)["min_cells"],
+        # The keys and labels of the whole dataset, `held_out` and `min_cells`
+        # (pertflow.config.PLAN_KEYS).
+        plan=lambda w: canonical(DATASET_SPECS[w.dataset].plan),
     script:
         "../../scripts/held_out_groups.py"
 
 
 rule split:
     input:
-        data="results/{dataset}/preprocessed.h5ad",
+        data=PREPROCESSED,
+        splits=ancient(HELD_OUT_GROUPS),
     output:
         train=f"{SPLIT}/train.h5ad",
         control=f"{SPLIT}/control.h5ad",

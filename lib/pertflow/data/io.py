@@ -18,15 +18,15 @@ import pandas as pd
 import scipy.sparse as sp
 
 from pertflow.errors import DataError, DownloadError
-from pertflow.keys import Keys
+from pertflow.keys import Keys, dataset_keys
 from pertflow.data.preprocess import SYMBOL, check_counts, recover_counts
-from pertflow.data.splits import choose_held_out, labelled_cells, perturbation_labels
+from pertflow.data.splits import labelled_cells, perturbation_labels
 from pertflow.utils import atomic_path, dense
 
 log = logging.getLogger(__name__)
 
 
-def download(url: str, dest: str | Path, sha256: str | None = None, retries: int = 3,
+def download(url: str, dest: str | Path, sha256: str | None, retries: int,
              timeout: float = 60.0) -> str:
     """Stream ``url`` (http, https or file) to ``dest`` through a temporary file, verify the sha256
     when given, then rename atomically. Returns the observed sha256. On a mismatch nothing is left
@@ -120,9 +120,10 @@ def _set_gene_symbols(adata: ad.AnnData, column: str | None, name: str) -> None:
 
 
 def standardise(adata: ad.AnnData, spec: dict, name: str) -> ad.AnnData:
-    """Apply the dataset spec: rename obs columns and labels, take gene symbols from the
-    ``gene_symbols`` var column, put raw counts into ``X`` and check that the experiment is
-    usable (conditions present, finite, unique genes)."""
+    """Apply the dataset spec (a validated dataset entry, or its PREPROCESS_KEYS): rename obs
+    columns and labels, take gene symbols from the ``gene_symbols`` var column, put raw counts
+    into ``X`` and check that the experiment is usable (conditions present, finite, unique
+    genes). Which groups can be held out is the held_out_groups checkpoint's check, after QC."""
     adata = adata.copy()
     _set_gene_symbols(adata, spec.get("gene_symbols"), name)
     rename = spec.get("rename") or {}
@@ -148,17 +149,13 @@ def standardise(adata: ad.AnnData, spec: dict, name: str) -> ad.AnnData:
             f"it with `rename: labels: {condition}:`.")
     perturbations = perturbation_labels(spec["perturbed"], spec["control"], present, condition,
                                         name)
-    keys = Keys(condition, spec["control"], perturbations[0], group)
+    keys = dataset_keys(spec, perturbations[0])
     dropped = sorted(present - {spec["control"], *perturbations})
     if dropped:
         log.info("dataset '%s': dropping the cells labelled %s in obs['%s'] (not in "
                  "`perturbed:`)", name, dropped, condition)
     adata = adata[labelled_cells(adata, keys, perturbations)].copy()
     adata.obs[condition] = adata.obs[condition].cat.remove_unused_categories()
-    if spec.get("held_out", "all") != "all":
-        # Fail before QC on a listed group that is absent or lacks cells; QC only removes cells,
-        # so the checkpoint's check after QC is the final word.
-        choose_held_out(adata, keys, perturbations, spec["held_out"], spec["min_cells"], name)
     if not adata.var_names.is_unique:
         dups = adata.var_names[adata.var_names.duplicated()].unique()[:5].tolist()
         raise DataError(f"dataset '{name}': duplicated gene names in var_names, e.g. {dups}; "
@@ -168,7 +165,7 @@ def standardise(adata: ad.AnnData, spec: dict, name: str) -> ad.AnnData:
     if not np.all(np.isfinite(data)):
         raise DataError(f"dataset '{name}': X contains NaN or infinite values; clean the matrix.")
 
-    counts = spec.get("counts", "X")
+    counts = spec["counts"]
     if counts == "recover":
         adata.X = recover_counts(X, where=f"dataset '{name}' X (counts: recover)")
     elif isinstance(counts, dict):

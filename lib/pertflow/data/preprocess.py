@@ -1,7 +1,5 @@
 """QC, normalisation and HVG selection with scanpy; raw counts kept in ``layers['counts']``.
-
-The defaults of a dataset's ``qc:`` and ``hvg:`` and the normalisation's target total live here
-alone; the config schema lists the keys but leaves the defaults to this module."""
+The defaults of ``qc`` and ``hvg`` are the config schema's (pertflow.config.schema_defaults)."""
 
 from __future__ import annotations
 
@@ -14,20 +12,13 @@ import pandas as pd
 import scanpy as sc
 import scipy.sparse as sp
 
+from pertflow.config import schema_defaults
 from pertflow.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-# min_genes: genes a cell needs; min_cells_per_gene: cells a gene must be detected in;
-# max_mito_fraction: of a cell's counts on genes starting with mito_prefix.
-QC_DEFAULTS = {"min_genes": 0, "min_cells_per_gene": 0, "max_mito_fraction": 1.0,
-               "mito_prefix": "MT-"}
-# n_top_genes: None keeps every gene.
-HVG_DEFAULTS = {"n_top_genes": None, "flavor": "seurat_v3"}
 # X is log1p of counts normalised to this total per cell.
 TARGET_SUM = 1e4
-# Old qc: names and what they are called now (a dataset's `min_cells` is a group's minimum cells).
-RENAMED_QC_KEYS = {"min_cells": "min_cells_per_gene"}
 # The var column that holds the genes' symbols when a dataset names its genes by ID (its
 # `gene_symbols:` column is copied here): labels, mito detection and cell-cycle genes use it.
 SYMBOL = "gene_symbol"
@@ -44,16 +35,14 @@ def gene_symbols(adata: ad.AnnData) -> pd.Index:
                                   pd.Series(adata.var_names, index=adata.var_names)).astype(str))
 
 
-def _options(given: dict | None, defaults: dict, what: str) -> dict:
-    """``given`` over ``defaults``; a renamed or unknown name is an error that names the fix."""
-    given = dict(given or {})
-    for key in given:
-        if what == "qc" and key in RENAMED_QC_KEYS:
-            raise ConfigError(f"qc: '{key}' is now '{RENAMED_QC_KEYS[key]}' (the cells a gene "
-                              "must be detected in); rename it.")
+def _options(given: dict | None, what: str) -> dict:
+    """``given`` over the schema's defaults of a dataset's ``what`` (qc or hvg); an unknown name
+    is an error that names the known ones."""
+    defaults = schema_defaults("dataset", what)
+    for key in given or {}:
         if key not in defaults:
             raise ConfigError(f"{what}: unknown option '{key}'; known: {', '.join(defaults)}.")
-    return {**defaults, **given}
+    return {**defaults, **(given or {})}
 
 
 def recover_counts(X, where: str = "X") -> sp.csr_matrix:
@@ -102,11 +91,12 @@ def preprocess(adata: ad.AnnData, qc: dict | None = None, hvg: dict | None = Non
                target_sum: float | None = TARGET_SUM) -> ad.AnnData:
     """``adata.X`` holds raw counts on entry. Returns QC-filtered cells, counts in
     ``layers['counts']``, log1p(normalize_total) in ``X`` and, if asked, only the HVGs. ``qc``
-    and ``hvg`` override ``QC_DEFAULTS`` and ``HVG_DEFAULTS``. Mitochondrial genes are those
+    and ``hvg`` are a dataset's validated ``qc:`` and ``hvg:``; a key they leave out takes the
+    config schema's default (filtering nothing, keeping every gene). Mitochondrial genes are those
     whose symbol (``gene_symbols``) starts with ``mito_prefix``. A QC rule that matches no gene
     is logged as a warning and listed in ``uns['qc_warnings']``."""
-    qc = _options(qc, QC_DEFAULTS, "qc")
-    hvg = _options(hvg, HVG_DEFAULTS, "hvg")
+    qc = _options(qc, "qc")
+    hvg = _options(hvg, "hvg")
     adata = adata.copy()
     adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
     n0, g0 = adata.shape

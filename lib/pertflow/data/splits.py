@@ -74,7 +74,9 @@ def cell_counts(adata: ad.AnnData, keys: Keys, perturbations: list[str]) -> pd.D
 def requested_groups(held_out, perturbations: list[str],
                      dataset: str) -> dict[str, str | list[str]]:
     """``held_out:`` as {perturbation: 'all' or groups}: a list or ``all`` applies to every
-    perturbation; a mapping names its own (each must be a perturbation of the dataset)."""
+    perturbation; a mapping names its own (each must be a perturbation of the dataset). In the
+    order of ``perturbations``, not of the mapping: the splits do not depend on how the config
+    orders its keys."""
     if not isinstance(held_out, dict):
         return dict.fromkeys(perturbations, held_out)
     for label in held_out:
@@ -82,7 +84,7 @@ def requested_groups(held_out, perturbations: list[str],
             raise DataError(f"dataset '{dataset}': `held_out:` names perturbation '{label}', "
                             f"which is not one of `perturbed:` ({', '.join(perturbations)}). "
                             "Fix the key or add the label to `perturbed:`.")
-    return dict(held_out)
+    return {label: held_out[label] for label in perturbations if label in held_out}
 
 
 def choose_held_out(adata: ad.AnnData, keys: Keys, perturbations: list[str], held_out,
@@ -152,7 +154,7 @@ def held_out_of(spec: dict, name: str) -> HeldOut:
 
 
 def split(adata: ad.AnnData, keys: Keys, group: str,
-          hide_other_perturbations: bool = False) -> dict[str, ad.AnnData]:
+          hide_other_perturbations: bool) -> dict[str, ad.AnnData]:
     """``train``: every cell except the group's cells under ``keys.perturbed`` (and, with
     ``hide_other_perturbations``, under any other perturbation); ``control``: the group's control
     cells (the model's input); ``truth``: the group's cells under ``keys.perturbed`` (never seen

@@ -170,27 +170,17 @@ class _TransferModel(Model):
         return self._prediction(control_cells, (X + delta).astype(np.float32))
 
     def _save_state(self, directory: Path) -> None:
-        r = self.responses
-        state = {"control_means": r.control_means, "shifts": r.shifts,
-                 "names": np.asarray(r.names, dtype=object).astype(str)}
-        if self.method == "per_cell":
-            state |= {"controls": np.concatenate(r.controls), "deltas": np.concatenate(r.deltas),
-                      "sizes": [len(c) for c in r.controls]}
+        state = self.responses.to_arrays()
         if self.components_ is not None:
             state |= {"mean": self.mean_, "components": self.components_}
         np.savez(directory / "state.npz", **state)
         self.choice.scores.to_csv(directory / "transfer_scores.csv")
 
     def _load_state(self, directory: Path) -> None:
-        state = np.load(directory / "state.npz")
-        controls = deltas = []
-        if "sizes" in state:
-            bounds = np.cumsum(state["sizes"])[:-1]
-            controls, deltas = (np.split(state[key], bounds) for key in ("controls", "deltas"))
-        self.responses = transfer.Responses(list(state["names"]), state["control_means"],
-                                            state["shifts"], list(controls), [], list(deltas))
-        self.mean_, self.components_ = (state["mean"], state["components"]) \
-            if "components" in state else (None, None)
+        with np.load(directory / "state.npz") as state:
+            self.responses = transfer.Responses.from_arrays(state)
+            self.mean_, self.components_ = (state["mean"], state["components"]) \
+                if "components" in state else (None, None)
         self.choice = transfer.Choice.from_record(self.transfer)
 
 

@@ -9,8 +9,7 @@ architecture (LeakyReLU, BatchNorm momentum 0.01 / eps 1e-3, variance = exp(·) 
 0.5·MSE_sum + 0.5·kl_weight·KL averaged over cells, Adam with scvi's eps=0.01 and weight decay
 1e-6, a 10% validation split, the balancing and the arithmetic. The decoder is the reference's
 DecoderSCGEN: latent → n_hidden × n_layers (Linear, BatchNorm, LeakyReLU, dropout) → a plain
-Linear to the genes, with no output activation. Three deliberate differences in the defaults
-(numbers in bench/README.md):
+Linear to the genes, with no output activation. Three deliberate differences in the defaults:
 
 - early stopping and the choice of the final weights watch a leave-one-group-out test of the
   arithmetic on the training groups (``ArithmeticCheck``), not scvi's ELBO (see ``_fit``);
@@ -27,9 +26,8 @@ Linear to the genes, with no output activation. Three deliberate differences in 
   error and each cell's own variation stay out of the predicted change.
 
 Speed comes from a plain loop instead of a framework: minibatches are row slices of one CSR
-matrix, the first layer reads the sparse rows directly (``F.embedding_bag``: each cell sums the
-weight rows of its expressed genes, scaled by expression, so its cost scales with the non-zero
-fraction instead of with a dense matmul, forward and backward), and Adam is fused.
+matrix, the first layer reads the sparse rows directly (``pertflow.models.sparse``: its cost
+follows the non-zeros, not cells × genes), and Adam is fused.
 """
 
 from __future__ import annotations
@@ -52,6 +50,7 @@ from pertflow.models import transfer
 from pertflow.errors import ConfigError
 from pertflow.benchmark.metrics import r2_of
 from pertflow.models.base import register
+from pertflow.models.sparse import SparseInputLinear, SparseRows, as_csr
 from pertflow.models.torch_base import TorchModel
 from pertflow.utils import balanced_indices, dense
 
@@ -59,52 +58,7 @@ log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------
-# Data: CSR rows moved to the device as they are needed
-
-
-class SparseRows:
-    """A minibatch of cells in CSR form, on the training device."""
-
-    def __init__(self, X: sp.csr_matrix, rows: np.ndarray, device: torch.device):
-        part = X[rows]
-        arrays = (part.indptr.astype(np.int64), part.indices.astype(np.int64), part.data)
-        tensors = [torch.from_numpy(a) for a in arrays]
-        if device.type == "cuda":  # page-locked host memory lets the copy overlap with compute
-            tensors = [t.pin_memory().to(device, non_blocking=True) for t in tensors]
-        self.indptr, self.indices, self.values = tensors
-        self.shape = part.shape
-
-    def dense(self) -> torch.Tensor:
-        """The same rows as a dense (cells × genes) tensor: the reconstruction target."""
-        counts = self.indptr.diff()
-        rows = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
-        out = torch.zeros(self.shape, dtype=self.values.dtype, device=self.values.device)
-        return out.index_put_((rows, self.indices), self.values)
-
-
-def as_csr(X) -> sp.csr_matrix:
-    """Dense or sparse X as float32 CSR (no copy when it already is one)."""
-    return sp.csr_matrix(X, dtype=np.float32)
-
-
-# ---------------------------------------------------------------------------------------------
 # The network
-
-
-class SparseInputLinear(nn.Module):
-    """``Linear(n_genes, n_out)`` applied to CSR rows. The weight is stored gene-major
-    (n_genes × n_out) so a cell's output is the expression-weighted sum of its genes' rows."""
-
-    def __init__(self, n_in: int, n_out: int):
-        super().__init__()
-        bound = 1 / math.sqrt(n_in)  # nn.Linear's default initialisation
-        self.weight = nn.Parameter(torch.empty(n_in, n_out).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.empty(n_out).uniform_(-bound, bound))
-
-    def forward(self, x: SparseRows) -> torch.Tensor:
-        summed = F.embedding_bag(x.indices, self.weight, x.indptr, mode="sum",
-                                 per_sample_weights=x.values, include_last_offset=True)
-        return summed + self.bias
 
 
 def norm_layer(kind: str, width: int) -> nn.Module:
@@ -387,15 +341,15 @@ class ScGen(TorchModel):
         loss it minimises weights KL by 5e-5. Nothing holds the KL of 100 latent dimensions down,
         so it grows by far more after the first epochs than the MSE improves: that criterion is
         lowest within the first few epochs and stops training long before the prediction
-        converges (bench/README.md).
+        converges.
 
         The validation loss that is trained (``stop_on: validation_loss``) keeps falling, but a
         lower loss does not mean a better prediction: reconstruction of the unseen perturbed cells
         keeps improving for hundreds of epochs while the arithmetic does not. So the default
         score is the arithmetic itself, tested leave-one-group-out on the training groups
         (``ArithmeticCheck``), which rises and falls with the held-out group's R² over the epochs
-        of a run (bench/README.md). It decodes groups the model has seen, so an
-        undertrained model can score well on it early on: nothing before ``min_epochs`` is kept.
+        of a run. It decodes groups the model has seen, so an undertrained model can score well
+        on it early on: nothing before ``min_epochs`` is kept.
         Without two training groups that have both conditions it cannot be computed and the
         validation loss is used. The cosine decay of the learning rate damps the epoch-to-epoch
         swings of the predicted response seen at a constant rate.
@@ -519,12 +473,7 @@ class ScGen(TorchModel):
         if self.responses is None:
             state["delta"] = torch.from_numpy(self.delta)
         else:
-            r = self.responses
-            state |= {"names": r.names, **{key: torch.from_numpy(np.asarray(value)) for key, value
-                      in (("control_means", r.control_means), ("shifts", r.shifts))}}
-            if r.deltas:
-                state |= {"controls": [torch.from_numpy(c) for c in r.controls],
-                          "deltas": [torch.from_numpy(d) for d in r.deltas]}
+            np.savez(directory / "responses.npz", **self.responses.to_arrays())
         torch.save(state, directory / "model.pt")
 
     def _load_state(self, directory: Path) -> None:
@@ -537,9 +486,6 @@ class ScGen(TorchModel):
         if "delta" in state:
             self.delta = state["delta"].numpy()
         else:
-            numpy = {key: [t.numpy() for t in state.get(key, [])]
-                     for key in ("controls", "deltas")}
-            self.responses = transfer.Responses(
-                state["names"], state["control_means"].numpy(), state["shifts"].numpy(),
-                numpy["controls"], [], numpy["deltas"])
+            with np.load(directory / "responses.npz") as arrays:
+                self.responses = transfer.Responses.from_arrays(arrays)
             self.choice = transfer.Choice.from_record(self.transfer)

@@ -28,8 +28,8 @@ def seed_everything(seed: int) -> torch.Generator:
     large float tensors with MKL's vector-math library, in chunks on several threads, and that
     library picks its code path on its first call in a process. When two threads make that first
     call together, one of them now and then computes its chunk with a low-accuracy path, and a
-    training run that starts from it ends far from its seed's other runs (bench/README.md). A
-    call below torch's parallel grain runs on one thread and settles the choice first.
+    training run that starts from it ends far from its seed's other runs. A call below torch's
+    parallel grain runs on one thread and settles the choice first.
     """
     torch.exp(torch.zeros(8))
     random.seed(seed)
@@ -43,9 +43,9 @@ def reuse_freed_memory() -> None:
 
     Every training step frees and reallocates the same multi-megabyte gradient buffers. glibc
     serves blocks that size with mmap and trims freed heap tops, so each step faults fresh,
-    kernel-zeroed pages in again, a large share of a small model's training time
-    (bench/README.md). With both thresholds raised, freed blocks are reused; memory still peaks
-    where it would anyway, it is just not returned before the process ends. A no-op off glibc.
+    kernel-zeroed pages in again, a large share of a small model's training time. With both
+    thresholds raised, freed blocks are reused; memory still peaks where it would anyway, it is
+    just not returned before the process ends. A no-op off glibc.
     """
     if not sys.platform.startswith("linux"):
         return

@@ -60,6 +60,28 @@ class Responses:
     perturbed: list[np.ndarray]
     deltas: list[np.ndarray] = field(default_factory=list)  # per control cell, by ``transport``
 
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """What ``transferred`` needs, as numpy arrays for ``np.savez``: the names, control means
+        and shifts and, with per-cell deltas, the control cells and their deltas (groups
+        concatenated, ``sizes`` each). The perturbed cells only served the choice."""
+        arrays = {"names": np.asarray(self.names, dtype=str),
+                  "control_means": self.control_means, "shifts": self.shifts}
+        if self.deltas:
+            arrays |= {"controls": np.concatenate(self.controls),
+                       "deltas": np.concatenate(self.deltas),
+                       "sizes": np.array([len(c) for c in self.controls])}
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays) -> "Responses":
+        """``to_arrays``'s output (or an ``np.load``ed file holding it, and maybe more) back."""
+        controls = deltas = []
+        if "deltas" in arrays:
+            bounds = np.cumsum(arrays["sizes"])[:-1]
+            controls, deltas = (np.split(arrays[key], bounds) for key in ("controls", "deltas"))
+        return cls([str(name) for name in arrays["names"]], arrays["control_means"],
+                   arrays["shifts"], list(controls), [], list(deltas))
+
 
 def paired_groups(condition: np.ndarray, groups: np.ndarray, control: str,
                   perturbed: str) -> list[str]:

@@ -31,7 +31,7 @@ generative mask: the context and ``<cls>`` attend among themselves, each query t
 itself only. Queries never see each other, so prediction encodes a cell's context once and
 answers every remaining gene beside its cached keys and values (in chunks only to bound memory),
 each gene once; with full attention every chunk of queries needed the context recomputed beside
-it (times in bench/README.md).
+it.
 
 Training. A control cell of a training group g, given the response transferred to g from the
 *other* groups (as a held-out group gets it from all of them, so the network never learns to copy
@@ -45,7 +45,7 @@ such samples (its groups' controls, the response transferred under that label, t
 label's cells): the transferred response is the condition, so other perturbations' cells teach the
 network how cells follow a response; the split's own label's transfer is what predicts.
 scGPT's masked-value pretraining was dropped: on Kang et al. 2018 it changed no score and made
-training slower (bench/README.md).
+training slower.
 """
 
 from __future__ import annotations
@@ -489,16 +489,13 @@ class Transformer(TorchModel):
     def _save_state(self, directory: Path) -> None:
         super()._save_state(directory)
         torch.save(self.net.state_dict(), directory / "model.pt")
-        r = self.responses
-        np.savez(directory / "responses.npz", names=np.asarray(r.names, dtype=str),
-                 control_means=r.control_means, shifts=r.shifts)
+        np.savez(directory / "responses.npz", **self.responses.to_arrays())
         self.choice.scores.to_csv(directory / "transfer_scores.csv")
 
     def _load_state(self, directory: Path) -> None:
         super()._load_state(directory)
         self._build_network()
         self.net.load_state_dict(self._load_tensors(directory / "model.pt"))
-        state = np.load(directory / "responses.npz")
-        self.responses = transfer.Responses(list(state["names"]), state["control_means"],
-                                            state["shifts"], [], [])
+        with np.load(directory / "responses.npz") as arrays:
+            self.responses = transfer.Responses.from_arrays(arrays)
         self.choice = transfer.Choice.from_record(self.transfer)  # base.load restored the record

@@ -31,7 +31,8 @@ from __future__ import annotations
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
+
+from pertflow.simulate.counts import gamma_poisson_counts
 
 DEFAULTS = {
     "n_cells": 3000,
@@ -166,32 +167,17 @@ def simulate(**params) -> ad.AnnData:
         responses.append(infected)
         if n_pert > 2:
             responses.append(_treated_response(pert_rng, p, n_types, n_genes, other))
-    damaged = rng.random(n_cells) < p["damaged_fraction"]
-    library = rng.lognormal(np.log(p["mean_library_size"]), 0.35, size=n_cells)
-    shape = 1.0 / p["dispersion"]
 
-    def expected_counts(rows: slice) -> np.ndarray:
+    def log_rates(rows: slice) -> np.ndarray:
         logits = base[None, :] + markers[cell_type[rows]] + donor_effect[donor[rows]]
         logits[:, cc] += cc_score[rows, None] * cc_loading[None, :]
         for code, effect in enumerate(responses, start=1):
             perturbed = condition[rows] == code
             logits[perturbed] += effect[cell_type[rows][perturbed]]
-        logits[np.ix_(damaged[rows], mt)] += 3.0
-        proportion = np.exp(logits - logits.max(axis=1, keepdims=True))
-        proportion /= proportion.sum(axis=1, keepdims=True)
-        return proportion * library[rows, None]
+        return logits
 
-    # In blocks of cells, so that memory stays near one dense float64 matrix (the gamma rates)
-    # at 100k cells. Generator draws are elementwise in order, so every gamma, then every Poisson
-    # draw, gives the same numbers as drawing the whole matrix at once.
-    step = max(1, 2**22 // n_genes)
-    blocks = [slice(start, min(start + step, n_cells)) for start in range(0, n_cells, step)]
-    rates = np.empty((n_cells, n_genes))
-    for rows in blocks:
-        rates[rows] = rng.gamma(shape, expected_counts(rows) / shape)
-    counts = sp.vstack([sp.csr_matrix(rng.poisson(rates[rows]).astype(np.float32))
-                        for rows in blocks], format="csr")
-    del rates
+    counts = gamma_poisson_counts(rng, log_rates, n_cells, n_genes, mt, p["damaged_fraction"],
+                                  p["mean_library_size"], p["dispersion"])
 
     # Truth: log-fold change of each type's expected normalised expression under each
     # perturbation.
