@@ -12,7 +12,7 @@ from conftest import ROOT, SIM_KEYS
 from pertflow.benchmark import summary, verdict
 from pertflow.config import baseline_models
 from pertflow.errors import DataError
-from pertflow.benchmark.metrics import METRICS
+from pertflow.benchmark.metrics import CALIBRATED_COLUMNS, CEILING_COLUMNS, METRICS
 from pertflow.models import get_model_class
 
 
@@ -50,7 +50,8 @@ def make_table(values: dict[str, list[float]], groups=("A", "B"), seeds=(0, 1)) 
 def test_metrics_table_orders_columns_and_rows_and_names_what_is_missing():
     table = make_table({"b": [1, 2, 3, 4], "a": [5, 6, 7, 8]})
     assert list(table.columns) == ["dataset", "model", "perturbation", "group", "seed", *METRICS,
-                                   "n_pred", "n_truth"]
+                                   "n_pred", "n_truth", *CEILING_COLUMNS, *CALIBRATED_COLUMNS]
+    assert table[CALIBRATED_COLUMNS].isna().all().all()  # rows without a ceiling
     assert table["model"].tolist() == ["a"] * 4 + ["b"] * 4
     with pytest.raises(DataError, match="mmd"):
         summary.metrics_table([{k: v for k, v in table.iloc[0].items() if k != "mmd"}])
