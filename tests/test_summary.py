@@ -81,7 +81,7 @@ def test_summarise_per_group_over_seeds_and_overall():
     table = make_table({"m": [1, 3, 5, 9]})
     result = summary.summarise(table)
     assert list(result.columns) == ["model", "perturbation", "group", "metric", "mean", "ci_low",
-                                    "ci_high", "n"]
+                                    "ci_high", "n", *summary.CALIBRATION_SUMMARY]
     assert set(result["perturbation"]) == {"stimulated"}
     # per metric (in METRICS' order), each group's rows and then the pooled ones
     assert result["metric"].tolist()[::3] == list(METRICS)
@@ -505,3 +505,53 @@ def test_verdict_rst_has_a_section_per_perturbation():
     assert alone.split("Winner per metric")[1].replace("^", "~").rstrip("\n") == \
         parts["tnf"].split("Winner per metric")[1].split("\nTransfer between groups")[0] \
         .replace("^", "~").rstrip("\n")
+
+
+def centroid_rows(model: str, changes: dict[str, dict], seed: int = 0) -> list[dict]:
+    rows = []
+    for group, centroids in changes.items():
+        row = {"dataset": "d", "model": model, "perturbation": "p", "group": group, "seed": seed,
+               "n_pred": 10, "n_truth": 12, "centroid_changes": centroids}
+        row |= {m: 0.5 for m in METRICS if m != "discrimination"}
+        rows.append(row)
+    return rows
+
+
+def test_metrics_table_adds_the_discrimination_across_held_out_groups():
+    """Predictions equal to each group's real change discriminate perfectly (1, and the ceiling's
+    halves too, calibrated 1); one prediction for every group does not (0.5 with three groups
+    where the shared one is equidistant); a run without halves has no ceiling."""
+    truth = {"A": [1.0, 0.0], "B": [0.0, 3.0], "C": [-2.0, 0.0]}
+    exact = {g: {"prediction": t, "truth": t, "half_a": t, "half_b": t} for g, t in
+             truth.items()}
+    shared = {g: {"prediction": [0.0, 0.0], "truth": t, "half_a": t, "half_b": t}
+              for g, t in truth.items()}
+    shared["A"]["half_a"] = shared["A"]["half_b"] = None
+    table = summary.metrics_table(centroid_rows("exact", exact) + centroid_rows("shared", shared))
+    assert "centroid_changes" not in table.columns
+    table = table.set_index(["model", "group"])
+    assert (table.loc["exact", "discrimination"] == 1).all()
+    assert (table.loc["exact", "discrimination_ceiling"] == 1).all()
+    # A's change is the smallest: no change is already closest to it, so the anchor equals the
+    # ceiling and there is nothing to calibrate against
+    assert table.loc["exact", "discrimination_calibrated"].fillna(-1).tolist() == [-1, 1, 1]
+    # no change, from (0, 0): A at 1, C at 2, B at 3
+    assert table.loc["shared", "discrimination"].tolist() == [1.0, 0.0, 0.5]
+    assert np.isnan(table.loc[("shared", "A"), "discrimination_ceiling"])
+    # B and C with halves, the prediction no change like the control anchor: calibrated 0
+    assert table.loc[("shared", "C"), "discrimination_calibrated"] == 0
+    # the runs of other models or seeds are not compared with
+    alone = summary.metrics_table(centroid_rows("exact", {"A": exact["A"]}))
+    assert np.isnan(alone.loc[0, "discrimination"])
+
+
+def test_summarise_carries_the_ceiling_and_calibrated_scores():
+    rows = make_rows({"m": [1, 2, 3, 4]})
+    for i, row in enumerate(rows):
+        row["r2_mean_all_ceiling"] = 2.0
+        row["r2_mean_all_calibrated"] = [0.2, 0.4, 0.6, np.nan][i]
+    result = summary.summarise(summary.metrics_table(rows)).set_index(["group", "metric"])
+    pooled = result.loc[(summary.ALL_GROUPS, "r2_mean_all")]
+    assert pooled["ceiling"] == 2.0 and pooled["calibrated"] == pytest.approx(0.4)
+    assert pooled["calibrated_n"] == 3 and pooled["calibrated_ci_low"] < 0.4
+    assert np.isnan(result.loc[(summary.ALL_GROUPS, "mmd"), "calibrated"])

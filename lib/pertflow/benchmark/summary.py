@@ -119,22 +119,45 @@ def mean_interval(values: pd.Series, confidence: float = CONFIDENCE) -> pd.Serie
     return pd.Series({"mean": mean, "ci_low": low, "ci_high": high, "n": n})
 
 
+# The columns summarise adds to each metric's mean and interval: the mean ceiling (the metric
+# between two halves of the real cells) and the calibrated score (0: `control`, 1: the ceiling)
+# with its interval, both over the runs that have a ceiling.
+CALIBRATION_SUMMARY = ["ceiling", "calibrated", "calibrated_ci_low", "calibrated_ci_high",
+                       "calibrated_n"]
+
+
 def summarise(table: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataFrame:
-    """Long table (model, perturbation, group, metric, mean, ci_low, ci_high, n): per model,
-    perturbation and held-out group over seeds, and per model and perturbation over every group
-    of that perturbation and seed (group ``ALL_GROUPS``; perturbations are never pooled). Sorted
-    by metric (as ``METRICS``), perturbation, group (``ALL_GROUPS`` last) and model."""
+    """Long table (model, perturbation, group, metric, mean, ci_low, ci_high, n, then
+    ``CALIBRATION_SUMMARY``): per model, perturbation and held-out group over seeds, and per
+    model and perturbation over every group of that perturbation and seed (group
+    ``ALL_GROUPS``; perturbations are never pooled). Sorted by metric (as ``METRICS``),
+    perturbation, group (``ALL_GROUPS`` last) and model. A table without ceiling or calibrated
+    columns (written before them) gets NaN there."""
     keys = ["model", *SPLIT_COLUMNS]
-    long = table.astype({"perturbation": str, "group": str}).melt(
-        id_vars=[*keys, "seed"], value_vars=list(METRICS), var_name="metric")
+    table = table.astype({"perturbation": str, "group": str})
+
+    def melted(columns: list[str], name: str) -> pd.Series:
+        values = table.reindex(columns=columns).set_axis(list(METRICS), axis=1)
+        return pd.concat([table[[*keys, "seed"]], values], axis=1).melt(
+            id_vars=[*keys, "seed"], value_vars=list(METRICS), var_name="metric")["value"] \
+            .rename(name)
+
+    long = table.melt(id_vars=[*keys, "seed"], value_vars=list(METRICS), var_name="metric")
+    long["ceiling"] = melted(CEILING_COLUMNS, "ceiling").to_numpy(float)
+    long["calibrated"] = melted(CALIBRATED_COLUMNS, "calibrated").to_numpy(float)
     pooled = long.assign(group=ALL_GROUPS)
     parts = []
     for part in (long, pooled):
-        described = (part.groupby([*keys, "metric"], sort=False)["value"]
-                     .apply(mean_interval, confidence=confidence).unstack())
+        grouped = part.groupby([*keys, "metric"], sort=False)
+        described = grouped["value"].apply(mean_interval, confidence=confidence).unstack()
+        calibrated = (grouped["calibrated"].apply(mean_interval, confidence=confidence)
+                      .unstack().rename(columns=lambda c: f"calibrated_{c}")
+                      .rename(columns={"calibrated_mean": "calibrated"}))
+        described = described.join(grouped["ceiling"].mean()).join(calibrated)
         parts.append(described.reset_index())
     summary = pd.concat(parts, ignore_index=True)
-    summary["n"] = summary["n"].astype(int)
+    summary = summary[[*keys, "metric", "mean", "ci_low", "ci_high", "n", *CALIBRATION_SUMMARY]]
+    summary[["n", "calibrated_n"]] = summary[["n", "calibrated_n"]].astype(int)
     summary["metric"] = pd.Categorical(summary["metric"], categories=list(METRICS), ordered=True)
     groups = [*sorted(long["group"].unique()), ALL_GROUPS]
     summary["group"] = pd.Categorical(summary["group"], categories=groups, ordered=True)
