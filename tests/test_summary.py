@@ -12,8 +12,17 @@ from conftest import ROOT, SIM_KEYS
 from pertflow.benchmark import summary, verdict
 from pertflow.config import baseline_models
 from pertflow.errors import DataError
-from pertflow.benchmark.metrics import CALIBRATED_COLUMNS, CEILING_COLUMNS, METRICS
+from pertflow.benchmark.metrics import (
+    CALIBRATED_COLUMNS,
+    CEILING_COLUMNS,
+    METRICS,
+    VERDICT_METRICS,
+)
 from pertflow.models import get_model_class
+
+
+# The metrics the verdict judges (every one but the V-statistic E-distance).
+N = len(VERDICT_METRICS)
 
 
 def make_rows(values: dict[str, list[float]], groups=("A", "B"), seeds=(0, 1),
@@ -131,7 +140,7 @@ def test_summary_markdown_states_winner_margin_and_baseline():
     assert ("**r2_mean_all** (higher is better): **new** wins with 2.38, best in 2 of 2 held-out "
             "groups; the best baseline, mean_shift, reaches 1.5: difference 0.875") in text
     assert "**mmd** (lower is better): **new** wins with -2.38" in text
-    assert "**new** beats the best baseline on 10 of 10 metrics" in text
+    assert f"**new** beats the best baseline on {N} of {N} metrics" in text
     only_baselines = md_of("d", table[table["model"] != "new"], ["control", "mean_shift"])
     assert "**mean_shift** wins with 1.5" in only_baselines
     # The difference is stated as the header defines it: the other model minus the best baseline.
@@ -302,7 +311,7 @@ def test_verdict_rst_renders_winners_differences_and_transfer():
     assert f"<strong>+0.875 [{low:.3g}, {high:.3g}]</strong>" in body
     assert "-0.875 [" in body  # e_distance and mmd: lower is better
     assert "winner is the strongest baseline" not in body
-    assert "other</strong> is better than the strongest baseline on 0 of 10 metrics" in body
+    assert f"other</strong> is better than the strongest baseline on 0 of {N} metrics" in body
     assert "similarity in genes, τ 0.1; similarity in genes, τ none (plain average)" in body
     assert "C 0.60, B 0.35, D 0.05" in body
     no_transfer = rendered(rst_of("d", table, baselines,
@@ -345,9 +354,9 @@ def test_one_perturbation_reads_exactly_as_before_perturbations():
     text = md_of("d_1", table, BASELINES, transfer)
     rst = rst_of("d_1", table, BASELINES, transfer)
     assert hashlib.sha256(text.encode()).hexdigest() == \
-        "d17b98bc646675f15b9e04ddb24184598f8e56306bee2939592eb91023a9b1f9", text
+        "b5875de2f834a34520b5ceca655d14c9cc222d1f732dc8628abfdd2494e3b019", text
     assert hashlib.sha256(rst.encode()).hexdigest() == \
-        "6f46b21cc20a3a3806ae41225f831eb6c167f85cee537942758e856064f9d499", rst
+        "f6b60d961b3c8f3e7bfb2eaed0590ebd990b4d252f66598ebd538e00d7e5b804", rst
     assert "stimulated" not in text + rst and "erturbation" not in text + rst
     assert [line for line in text.splitlines() if line.startswith("#")] == [
         "# Summary of dataset d_1", "## Winner per metric", "## Models against the best baseline",
@@ -415,8 +424,8 @@ def test_summary_markdown_has_a_section_per_perturbation_each_from_its_own_runs(
             "(0.25 worse): difference -0.25 (95% CI -0.709 to 0.209, 4 pairs), new_ minus "
             "mean_shift.") in tnf
     assert "**mmd** (lower is better): **mean_shift** wins with -2" in tnf
-    assert "- **new_** beats the best baseline on 0 of 10 metrics" in tnf
-    assert "- **other** beats the best baseline on 0 of 10 metrics" in tnf
+    assert f"- **new_** beats the best baseline on 0 of {N} metrics" in tnf
+    assert f"- **other** beats the best baseline on 0 of {N} metrics" in tnf
     # each section reads as the dataset would with that perturbation alone
     for perturbation, part in parts.items():
         alone = md_of("d", table[table["perturbation"] == perturbation], BASELINES,
@@ -439,7 +448,7 @@ def test_the_winner_of_each_perturbation_comes_from_its_rows_alone():
     text = md_of("d", table, BASELINES)
     tnf = sections(text, "\n## Perturbation ")["tnf"]
     winners = [line.split("**")[3] for line in tnf.splitlines() if line.startswith("- **r2")]
-    assert winners == ["mean_shift"] * 4
+    assert winners == ["mean_shift"] * sum(m.startswith("r2") for m in VERDICT_METRICS)
 
 
 def test_groups_differing_between_perturbations_are_counted_as_splits():
@@ -555,3 +564,27 @@ def test_summarise_carries_the_ceiling_and_calibrated_scores():
     assert pooled["ceiling"] == 2.0 and pooled["calibrated"] == pytest.approx(0.4)
     assert pooled["calibrated_n"] == 3 and pooled["calibrated_ci_low"] < 0.4
     assert np.isnan(result.loc[(summary.ALL_GROUPS, "mmd"), "calibrated"])
+
+
+def test_verdict_states_calibrated_scores_with_intervals_and_the_rank_test():
+    """Calibrated scores of the winner and the strongest baseline in fixed decimals with their
+    intervals, in both renderings; a metric without any ceiling says so, never NaN."""
+    rows = make_rows({"control": [0, 0, 0, 0], "mean_shift": [1, 2, 1, 2],
+                      "new": [2, 2.5, 2, 3]})
+    for row in rows:
+        value = row["r2_mean_all"]
+        row["r2_mean_all_ceiling"] = 3.0
+        row["r2_mean_all_calibrated"] = value / 3.0
+    table = summary.metrics_table(rows)
+    text = md_of("d", table, ["control", "mean_shift"])
+    rst = rst_of("d", table, ["control", "mean_shift"])
+    assert ("calibrated (0 = control, 1 = ceiling): new 0.79 [0.54, 1.05], the strongest "
+            "baseline, mean_shift, 0.50 [0.19, 0.81]; the ceiling itself is 3.00 on average"
+            ) in text
+    assert "new 0.79 [0.54, 1.05]" in rst and "mean_shift 0.50 [0.19, 0.81]" in rst
+    # the other metrics have no ceiling
+    assert text.count("no calibrated score") == N - 1 and rst.count("no ceiling") == N - 1
+    assert "ranks over 4 blocks (split and seed): Friedman p" in text
+    assert "nan" not in text.lower().replace("mean_", "")
+    html = publish_parts(rst, writer_name="html")["html_body"]
+    assert "system-message" not in html
