@@ -586,5 +586,5 @@ def test_verdict_states_calibrated_scores_with_intervals_and_the_rank_test():
     assert text.count("no calibrated score") == N - 1 and rst.count("no ceiling") == N - 1
     assert "ranks over 4 blocks (split and seed): Friedman p" in text
     assert "nan" not in text.lower().replace("mean_", "")
-    html = publish_parts(rst, writer_name="html")["html_body"]
+    html = publish_parts(rst, writer="html")["html_body"]
     assert "system-message" not in html
