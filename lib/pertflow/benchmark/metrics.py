@@ -359,7 +359,13 @@ def discrimination(prediction: np.ndarray, truths: dict[str, np.ndarray], group:
     real centroid change (``truths``: group → mean minus the group's control mean) lies farther
     (Euclidean) from the ``prediction``'s change for ``group`` than ``group``'s own does, a tie
     counting half. 1: closer to its own group than to every other; about 0.5 for a prediction
-    that ignores the group; NaN without another group."""
+    that ignores the group; NaN without another group.
+
+    Changes, not expression: held-out groups here are cell types, each with its own control, so
+    raw centroids would tell the groups apart whatever the prediction. Not cross-checked against
+    cell-eval's discrimination score, which ranks perturbations against one shared control in
+    its own AnnData layout and would add polars and pdex to the evaluate environment; pertpy has
+    no such score."""
     own = np.linalg.norm(prediction - truths[group])
     others = [np.linalg.norm(prediction - t) for g, t in truths.items() if g != group]
     if not others:
