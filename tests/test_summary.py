@@ -192,6 +192,18 @@ def test_summary_skips_missing_values_and_handles_no_baseline():
     assert counts["control", summary.ALL_GROUPS, "pearson_delta"] == 0
 
 
+def test_a_metric_no_baseline_has_is_not_counted_ahead_and_pairs_are_whole():
+    """`control` alone as baseline: its Pearson-delta is NaN (a constant prediction), so that
+    metric has no baseline to beat, and a learned model is not ahead on it."""
+    table = make_table({"control": [3, 3, 3, 3], "new": [2, 2.5, 2, 3]})
+    table.loc[table["model"] == "control", "pearson_delta"] = np.nan
+    standing = next(s for s in verdict.verdict_of("d", table, ["control"]).sections[0].learned
+                    if s.model == "new")
+    assert "pearson_delta" not in standing.ahead
+    text = md_of("d", table, ["control"])
+    assert "4 pairs" in text and "4.0 pairs" not in text
+
+
 def test_comparisons_take_the_strongest_baseline_of_each_metric():
     table = make_table({"control": [0, 0, 0, 0], "mean_shift": [1, 2, 1, 2],
                         "new": [2, 2.5, 2, 3]})

@@ -205,7 +205,8 @@ def _difference(row: pd.Series) -> Difference | None:
     if row["best_baseline"] is None:
         return None
     return Difference(row["difference"], row["difference_ci_low"], row["difference_ci_high"],
-                      row["n_pairs"], row["beats_baseline"], row["interval_excludes_zero"])
+                      int(row["n_pairs"]), bool(row["beats_baseline"]),
+                      bool(row["interval_excludes_zero"]))
 
 
 def _metric_result(metric: str, rows: pd.DataFrame) -> MetricResult:
@@ -256,7 +257,9 @@ def _with_ranks(result: MetricResult, table: pd.DataFrame) -> MetricResult:
 
 def _standing(compared: pd.DataFrame, model: str) -> Standing:
     rows = compared[compared["model"] == model]
-    ahead = rows[rows["beats_baseline"].astype(bool)]
+    # A metric without a baseline (NaN here: comparisons leaves its row's difference out) is
+    # not one the model is ahead on.
+    ahead = rows[rows["beats_baseline"].eq(True)]
     return Standing(model, len(rows), ahead["metric"].tolist(),
                     int(ahead["interval_excludes_zero"].sum()))
 
