@@ -57,7 +57,12 @@ def test_score_uses_truth_gene_order(populations):
 
 def test_metric_names_and_directions():
     assert list(metrics.METRICS)[:2] == ["r2_mean_all", "r2_mean_top100"]
-    assert {m for m, d in metrics.METRICS.items() if d == "lower"} == {"e_distance", "mmd"}
+    assert {m for m, d in metrics.METRICS.items() if d == "lower"} == {
+        "e_distance", "e_distance_unbiased", "mmd"}
+    assert metrics.RUN_METRICS == [m for m in metrics.METRICS if m != "discrimination"]
+    # the verdict's E-distance is the unbiased one; the V-statistic stays in the tables
+    assert "e_distance" not in metrics.VERDICT_METRICS
+    assert "e_distance_unbiased" in metrics.VERDICT_METRICS
     assert set(metrics.METRICS.values()) == {"higher", "lower"}
 
 
@@ -134,7 +139,7 @@ def test_score_ranks_a_shifted_prediction_above_the_control(keys):
     reference = control.mean(0) + 1.0
     good = metrics.score(ad.AnnData(shifted, var=var), T, C, degs, reference, seed=0, max_cells=50)
     bad = metrics.score(C.copy(), T, C, degs, reference, seed=0, max_cells=50)
-    assert set(good) == {*metrics.METRICS, "n_pred", "n_truth"}
+    assert set(good) == {*metrics.RUN_METRICS, "n_pred", "n_truth"}
     assert good["e_distance"] < bad["e_distance"] and good["mmd"] < bad["mmd"]
     assert good["deg_overlap_top100"] == 1.0 and good["direction_accuracy_top100"] == 1.0
     assert bad["direction_accuracy_top100"] == 0.0 and bad["deg_overlap_top100"] == 0.0
@@ -156,3 +161,118 @@ def test_no_change_prediction_has_nan_pearson_delta_without_a_warning(population
         result = metrics.score(C.copy(), T, C, genes[:10], truth[:20].mean(0), seed=0)
     assert np.isnan(result["pearson_delta"])
     assert np.isfinite(result["pearson_delta_perturbed"])
+
+
+def test_e_distance_unbiased_matches_the_pairwise_definition_without_self_pairs():
+    rng = np.random.default_rng(2)
+    X, Y = rng.normal(0, 1, (5, 3)), rng.normal(1, 1, (4, 3))
+
+    def mean_distance(A, B, distinct=False):
+        return np.mean([np.linalg.norm(a - b) for i, a in enumerate(A) for j, b in enumerate(B)
+                        if not (distinct and i == j)])
+
+    expected = 2 * mean_distance(X, Y) - mean_distance(X, X, True) - mean_distance(Y, Y, True)
+    assert metrics.e_distance_unbiased(X, Y) == pytest.approx(expected)
+    assert np.isnan(metrics.e_distance_unbiased(X[:1], Y))
+
+
+def test_e_distance_u_statistic_is_unbiased_at_unequal_sizes_and_the_v_statistic_is_not():
+    """Two samples of one distribution, 6 and 40 cells: over many draws the U-statistic's mean
+    is 0 within its standard error, the V-statistic's far above it."""
+    rng = np.random.default_rng(11)
+    u, v = [], []
+    for _ in range(400):
+        X, Y = rng.normal(0, 1, (6, 5)), rng.normal(0, 1, (40, 5))
+        u.append(metrics.e_distance_unbiased(X, Y))
+        v.append(metrics.e_distance(X, Y))
+    u, v = np.array(u), np.array(v)
+    assert abs(u.mean()) < 3 * u.std(ddof=1) / np.sqrt(len(u))
+    assert v.mean() > 20 * v.std(ddof=1) / np.sqrt(len(v))
+    # a real difference still shows
+    assert metrics.e_distance_unbiased(rng.normal(0, 1, (30, 5)), rng.normal(2, 1, (30, 5))) > 1
+
+
+def test_r2_delta_weighted():
+    control = np.zeros((3, 4))
+    truth = np.tile([1.0, 2.0, 3.0, 0.0], (3, 1))
+    weights = metrics.deg_weights(np.array([2.0, 1.0, 1.0, -5.0]))
+    np.testing.assert_allclose(weights, [0.5, 0.25, 0.25, 0.0])
+    assert metrics.r2_delta_weighted(truth, truth, control, weights) == pytest.approx(1.0)
+    # only the weighted genes count: the last gene's error weighs nothing
+    wrong_last = truth + np.array([0, 0, 0, 9.0])
+    assert metrics.r2_delta_weighted(wrong_last, truth, control, weights) == pytest.approx(1.0)
+    # a prediction of no change: 1 - Σw Δ² / Σw (Δ - Δ̄)²
+    mean = 0.5 * 1 + 0.25 * 2 + 0.25 * 3
+    expected = 1 - (0.5 + 0.25 * 4 + 0.25 * 9) / (
+        0.5 * (1 - mean) ** 2 + 0.25 * (2 - mean) ** 2 + 0.25 * (3 - mean) ** 2)
+    assert metrics.r2_delta_weighted(control, truth, control, weights) == pytest.approx(expected)
+    np.testing.assert_allclose(metrics.deg_weights(np.array([-1.0, -2.0])), [0.5, 0.5])
+
+
+def shifted_population(rng, n, genes=30):
+    X = rng.normal(1.0, 0.5, (n, genes)).clip(0)
+    X[:, :6] += np.linspace(0.5, 2.0, 6)
+    return X
+
+
+def test_ceiling_calibrates_the_truths_other_half_to_one_and_control_to_zero():
+    """A prediction that is another sample of the truth's own distribution, of a half's size,
+    scores 1 calibrated on average; the held-out control (`control`) scores exactly 0."""
+    genes = [f"g{i}" for i in range(30)]
+    var = pd.DataFrame(index=genes)
+    calibrated, anchors = [], []
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        C = ad.AnnData(rng.normal(1.0, 0.5, (120, 30)).clip(0), var=var)
+        T = ad.AnnData(shifted_population(rng, 120), var=var)
+        other = ad.AnnData(shifted_population(rng, 60), var=var)
+        reference = C.X.mean(0) + 0.5
+        columns, centroids, reason = metrics.ceiling(other, T, C, reference, 10, seed, 10)
+        assert reason is None and centroids["half_a"].shape == (30,)
+        calibrated.append({m: columns[metrics.calibrated_column(m)]
+                           for m in metrics.RUN_METRICS})
+        columns, _, _ = metrics.ceiling(C.copy(), T, C, reference, 10, seed, 10)
+        anchors.append({m: columns[metrics.calibrated_column(m)] for m in metrics.RUN_METRICS})
+    calibrated, anchors = pd.DataFrame(calibrated), pd.DataFrame(anchors)
+    for metric in ["r2_mean_all", "r2_mean_top100", "pearson_delta", "e_distance_unbiased",
+                   "deg_overlap_top100", "direction_accuracy_top100", "r2_delta_deg_weighted"]:
+        values = calibrated[metric]
+        assert abs(values.mean() - 1) < max(0.1, 3 * values.std(ddof=1) / np.sqrt(len(values))), \
+            (metric, values.tolist())
+    # 0 exactly, or NaN where the ceiling is not better than the control (here the variances,
+    # which the simulated response barely changes)
+    assert ((anchors == 0) | anchors.isna()).all().all(), anchors
+    assert (anchors.drop(columns=["r2_var_all", "r2_var_top100"]) == 0).all().all(), anchors
+    # the ceiling of the unbiased E-distance is near 0, of the V-statistic clearly above
+    columns, _, _ = metrics.ceiling(other, T, C, reference, 10, 0, 10)
+    assert abs(columns["e_distance_unbiased_ceiling"]) < 0.25 * columns["e_distance_ceiling"]
+
+
+def test_too_few_perturbed_cells_get_no_ceiling_and_a_reason():
+    rng = np.random.default_rng(3)
+    genes = [f"g{i}" for i in range(30)]
+    var = pd.DataFrame(index=genes)
+    C = ad.AnnData(rng.normal(1.0, 0.5, (40, 30)).clip(0), var=var)
+    T = ad.AnnData(shifted_population(rng, 19), var=var)
+    columns, centroids, reason = metrics.ceiling(T.copy(), T, C, C.X.mean(0), 10, 0, 10)
+    assert "19 perturbed cells, fewer than 2 × min_cells (20)" in reason
+    assert all(np.isnan(v) for v in columns.values())
+    assert set(columns) == {c for m in metrics.RUN_METRICS for c in
+                            (metrics.ceiling_column(m), metrics.calibrated_column(m))}
+    assert centroids["half_a"] is None and centroids["truth"].shape == (30,)
+
+
+def test_discrimination_is_one_for_the_truth_and_chance_when_the_group_is_ignored():
+    rng = np.random.default_rng(4)
+    truths = {g: rng.normal(0, 1, 20) for g in "ABCDE"}
+    assert all(metrics.discrimination(truths[g], truths, g) == 1.0 for g in truths)
+    # one prediction for every group, whatever the group: on average chance (0.5)
+    ignoring = []
+    for _ in range(200):
+        truths = {g: rng.normal(0, 1, 20) for g in "ABCDE"}
+        shared = rng.normal(0, 1, 20)
+        ignoring += [metrics.discrimination(shared, truths, g) for g in truths]
+    assert np.mean(ignoring) == pytest.approx(0.5, abs=0.03)
+    assert np.isnan(metrics.discrimination(truths["A"], {"A": truths["A"]}, "A"))
+    # equidistant: a tie counts half
+    assert metrics.discrimination(np.zeros(2), {"A": np.ones(2), "B": -np.ones(2)}, "A") == 0.5

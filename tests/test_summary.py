@@ -12,8 +12,17 @@ from conftest import ROOT, SIM_KEYS
 from pertflow.benchmark import summary, verdict
 from pertflow.config import baseline_models
 from pertflow.errors import DataError
-from pertflow.benchmark.metrics import METRICS
+from pertflow.benchmark.metrics import (
+    CALIBRATED_COLUMNS,
+    CEILING_COLUMNS,
+    METRICS,
+    VERDICT_METRICS,
+)
 from pertflow.models import get_model_class
+
+
+# The metrics the verdict judges (every one but the V-statistic E-distance).
+N = len(VERDICT_METRICS)
 
 
 def make_rows(values: dict[str, list[float]], groups=("A", "B"), seeds=(0, 1),
@@ -50,7 +59,8 @@ def make_table(values: dict[str, list[float]], groups=("A", "B"), seeds=(0, 1)) 
 def test_metrics_table_orders_columns_and_rows_and_names_what_is_missing():
     table = make_table({"b": [1, 2, 3, 4], "a": [5, 6, 7, 8]})
     assert list(table.columns) == ["dataset", "model", "perturbation", "group", "seed", *METRICS,
-                                   "n_pred", "n_truth"]
+                                   "n_pred", "n_truth", *CEILING_COLUMNS, *CALIBRATED_COLUMNS]
+    assert table[CALIBRATED_COLUMNS].isna().all().all()  # rows without a ceiling
     assert table["model"].tolist() == ["a"] * 4 + ["b"] * 4
     with pytest.raises(DataError, match="mmd"):
         summary.metrics_table([{k: v for k, v in table.iloc[0].items() if k != "mmd"}])
@@ -80,7 +90,7 @@ def test_summarise_per_group_over_seeds_and_overall():
     table = make_table({"m": [1, 3, 5, 9]})
     result = summary.summarise(table)
     assert list(result.columns) == ["model", "perturbation", "group", "metric", "mean", "ci_low",
-                                    "ci_high", "n"]
+                                    "ci_high", "n", *summary.CALIBRATION_SUMMARY]
     assert set(result["perturbation"]) == {"stimulated"}
     # per metric (in METRICS' order), each group's rows and then the pooled ones
     assert result["metric"].tolist()[::3] == list(METRICS)
@@ -130,7 +140,7 @@ def test_summary_markdown_states_winner_margin_and_baseline():
     assert ("**r2_mean_all** (higher is better): **new** wins with 2.38, best in 2 of 2 held-out "
             "groups; the best baseline, mean_shift, reaches 1.5: difference 0.875") in text
     assert "**mmd** (lower is better): **new** wins with -2.38" in text
-    assert "**new** beats the best baseline on 10 of 10 metrics" in text
+    assert f"**new** beats the best baseline on {N} of {N} metrics" in text
     only_baselines = md_of("d", table[table["model"] != "new"], ["control", "mean_shift"])
     assert "**mean_shift** wins with 1.5" in only_baselines
     # The difference is stated as the header defines it: the other model minus the best baseline.
@@ -180,6 +190,18 @@ def test_summary_skips_missing_values_and_handles_no_baseline():
     assert "no baseline to compare with" in md_of("d", table, [])
     counts = summary.summarise(table).set_index(["model", "group", "metric"])["n"]
     assert counts["control", summary.ALL_GROUPS, "pearson_delta"] == 0
+
+
+def test_a_metric_no_baseline_has_is_not_counted_ahead_and_pairs_are_whole():
+    """`control` alone as baseline: its Pearson-delta is NaN (a constant prediction), so that
+    metric has no baseline to beat, and a learned model is not ahead on it."""
+    table = make_table({"control": [3, 3, 3, 3], "new": [2, 2.5, 2, 3]})
+    table.loc[table["model"] == "control", "pearson_delta"] = np.nan
+    standing = next(s for s in verdict.verdict_of("d", table, ["control"]).sections[0].learned
+                    if s.model == "new")
+    assert "pearson_delta" not in standing.ahead
+    text = md_of("d", table, ["control"])
+    assert "4 pairs" in text and "4.0 pairs" not in text
 
 
 def test_comparisons_take_the_strongest_baseline_of_each_metric():
@@ -301,7 +323,7 @@ def test_verdict_rst_renders_winners_differences_and_transfer():
     assert f"<strong>+0.875 [{low:.3g}, {high:.3g}]</strong>" in body
     assert "-0.875 [" in body  # e_distance and mmd: lower is better
     assert "winner is the strongest baseline" not in body
-    assert "other</strong> is better than the strongest baseline on 0 of 10 metrics" in body
+    assert f"other</strong> is better than the strongest baseline on 0 of {N} metrics" in body
     assert "similarity in genes, τ 0.1; similarity in genes, τ none (plain average)" in body
     assert "C 0.60, B 0.35, D 0.05" in body
     no_transfer = rendered(rst_of("d", table, baselines,
@@ -344,9 +366,9 @@ def test_one_perturbation_reads_exactly_as_before_perturbations():
     text = md_of("d_1", table, BASELINES, transfer)
     rst = rst_of("d_1", table, BASELINES, transfer)
     assert hashlib.sha256(text.encode()).hexdigest() == \
-        "d17b98bc646675f15b9e04ddb24184598f8e56306bee2939592eb91023a9b1f9", text
+        "b5875de2f834a34520b5ceca655d14c9cc222d1f732dc8628abfdd2494e3b019", text
     assert hashlib.sha256(rst.encode()).hexdigest() == \
-        "6f46b21cc20a3a3806ae41225f831eb6c167f85cee537942758e856064f9d499", rst
+        "f6b60d961b3c8f3e7bfb2eaed0590ebd990b4d252f66598ebd538e00d7e5b804", rst
     assert "stimulated" not in text + rst and "erturbation" not in text + rst
     assert [line for line in text.splitlines() if line.startswith("#")] == [
         "# Summary of dataset d_1", "## Winner per metric", "## Models against the best baseline",
@@ -414,8 +436,8 @@ def test_summary_markdown_has_a_section_per_perturbation_each_from_its_own_runs(
             "(0.25 worse): difference -0.25 (95% CI -0.709 to 0.209, 4 pairs), new_ minus "
             "mean_shift.") in tnf
     assert "**mmd** (lower is better): **mean_shift** wins with -2" in tnf
-    assert "- **new_** beats the best baseline on 0 of 10 metrics" in tnf
-    assert "- **other** beats the best baseline on 0 of 10 metrics" in tnf
+    assert f"- **new_** beats the best baseline on 0 of {N} metrics" in tnf
+    assert f"- **other** beats the best baseline on 0 of {N} metrics" in tnf
     # each section reads as the dataset would with that perturbation alone
     for perturbation, part in parts.items():
         alone = md_of("d", table[table["perturbation"] == perturbation], BASELINES,
@@ -438,7 +460,7 @@ def test_the_winner_of_each_perturbation_comes_from_its_rows_alone():
     text = md_of("d", table, BASELINES)
     tnf = sections(text, "\n## Perturbation ")["tnf"]
     winners = [line.split("**")[3] for line in tnf.splitlines() if line.startswith("- **r2")]
-    assert winners == ["mean_shift"] * 4
+    assert winners == ["mean_shift"] * sum(m.startswith("r2") for m in VERDICT_METRICS)
 
 
 def test_groups_differing_between_perturbations_are_counted_as_splits():
@@ -504,3 +526,77 @@ def test_verdict_rst_has_a_section_per_perturbation():
     assert alone.split("Winner per metric")[1].replace("^", "~").rstrip("\n") == \
         parts["tnf"].split("Winner per metric")[1].split("\nTransfer between groups")[0] \
         .replace("^", "~").rstrip("\n")
+
+
+def centroid_rows(model: str, changes: dict[str, dict], seed: int = 0) -> list[dict]:
+    rows = []
+    for group, centroids in changes.items():
+        row = {"dataset": "d", "model": model, "perturbation": "p", "group": group, "seed": seed,
+               "n_pred": 10, "n_truth": 12, "centroid_changes": centroids}
+        row |= {m: 0.5 for m in METRICS if m != "discrimination"}
+        rows.append(row)
+    return rows
+
+
+def test_metrics_table_adds_the_discrimination_across_held_out_groups():
+    """Predictions equal to each group's real change discriminate perfectly (1, and the ceiling's
+    halves too, calibrated 1); one prediction for every group does not (0.5 with three groups
+    where the shared one is equidistant); a run without halves has no ceiling."""
+    truth = {"A": [1.0, 0.0], "B": [0.0, 3.0], "C": [-2.0, 0.0]}
+    exact = {g: {"prediction": t, "truth": t, "half_a": t, "half_b": t} for g, t in
+             truth.items()}
+    shared = {g: {"prediction": [0.0, 0.0], "truth": t, "half_a": t, "half_b": t}
+              for g, t in truth.items()}
+    shared["A"]["half_a"] = shared["A"]["half_b"] = None
+    table = summary.metrics_table(centroid_rows("exact", exact) + centroid_rows("shared", shared))
+    assert "centroid_changes" not in table.columns
+    table = table.set_index(["model", "group"])
+    assert (table.loc["exact", "discrimination"] == 1).all()
+    assert (table.loc["exact", "discrimination_ceiling"] == 1).all()
+    # A's change is the smallest: no change is already closest to it, so the anchor equals the
+    # ceiling and there is nothing to calibrate against
+    assert table.loc["exact", "discrimination_calibrated"].fillna(-1).tolist() == [-1, 1, 1]
+    # no change, from (0, 0): A at 1, C at 2, B at 3
+    assert table.loc["shared", "discrimination"].tolist() == [1.0, 0.0, 0.5]
+    assert np.isnan(table.loc[("shared", "A"), "discrimination_ceiling"])
+    # B and C with halves, the prediction no change like the control anchor: calibrated 0
+    assert table.loc[("shared", "B"), "discrimination_calibrated"] == 0
+    # the runs of other models or seeds are not compared with
+    alone = summary.metrics_table(centroid_rows("exact", {"A": exact["A"]}))
+    assert np.isnan(alone.loc[0, "discrimination"])
+
+
+def test_summarise_carries_the_ceiling_and_calibrated_scores():
+    rows = make_rows({"m": [1, 2, 3, 4]})
+    for i, row in enumerate(rows):
+        row["r2_mean_all_ceiling"] = 2.0
+        row["r2_mean_all_calibrated"] = [0.2, 0.4, 0.6, np.nan][i]
+    result = summary.summarise(summary.metrics_table(rows)).set_index(["group", "metric"])
+    pooled = result.loc[(summary.ALL_GROUPS, "r2_mean_all")]
+    assert pooled["ceiling"] == 2.0 and pooled["calibrated"] == pytest.approx(0.4)
+    assert pooled["calibrated_n"] == 3 and pooled["calibrated_ci_low"] < 0.4
+    assert np.isnan(result.loc[(summary.ALL_GROUPS, "mmd"), "calibrated"])
+
+
+def test_verdict_states_calibrated_scores_with_intervals_and_the_rank_test():
+    """Calibrated scores of the winner and the strongest baseline in fixed decimals with their
+    intervals, in both renderings; a metric without any ceiling says so, never NaN."""
+    rows = make_rows({"control": [0, 0, 0, 0], "mean_shift": [1, 2, 1, 2],
+                      "new": [2, 2.5, 2, 3]})
+    for row in rows:
+        value = row["r2_mean_all"]
+        row["r2_mean_all_ceiling"] = 3.0
+        row["r2_mean_all_calibrated"] = value / 3.0
+    table = summary.metrics_table(rows)
+    text = md_of("d", table, ["control", "mean_shift"])
+    rst = rst_of("d", table, ["control", "mean_shift"])
+    assert ("calibrated (0 = control, 1 = ceiling): new 0.79 [0.54, 1.05], the strongest "
+            "baseline, mean_shift, 0.50 [0.19, 0.81]; the ceiling itself is 3.00 on average"
+            ) in text
+    assert "new 0.79 [0.54, 1.05]" in rst and "mean_shift 0.50 [0.19, 0.81]" in rst
+    # the other metrics have no ceiling
+    assert text.count("no calibrated score") == N - 1 and rst.count("no ceiling") == N - 1
+    assert "ranks over 4 blocks (split and seed): Friedman p" in text
+    assert "nan" not in text.lower().replace("mean_", "")
+    html = publish_parts(rst, writer="html")["html_body"]
+    assert "system-message" not in html

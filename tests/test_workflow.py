@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, TINY_MODELS, assert_figures, default_config, run
-from pertflow.benchmark.metrics import METRICS
+from pertflow.benchmark.metrics import CALIBRATED_COLUMNS, CEILING_COLUMNS, METRICS
 from pertflow.benchmark.summary import ALL_GROUPS
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
@@ -41,9 +41,14 @@ def test_default_workflow_produces_metrics_figures_and_report(tmp_path):
         for key in keys:
             assert (results / "figures" / "latent" / model / f"{key}.png").stat().st_size > 10_000
     assert list(metrics.columns) == ["dataset", "model", "perturbation", "group", "seed", *METRICS,
-                                     "n_pred", "n_truth"]
+                                     "n_pred", "n_truth", *CEILING_COLUMNS, *CALIBRATED_COLUMNS]
+    # the calibrated scores: control 0 where there is a ceiling; discrimination across groups
+    control = metrics[metrics["model"] == "control"]
+    assert (control["r2_mean_top100_calibrated"].dropna() == 0).all()
+    assert metrics["r2_mean_top100_ceiling"].notna().any()
+    assert metrics["discrimination"].between(0, 1).all()
     means = metrics.groupby("model")[list(METRICS)].mean()
-    for distance in ("e_distance", "mmd"):
+    for distance in ("e_distance", "e_distance_unbiased", "mmd"):
         assert means.loc["mean_shift", distance] < means.loc["control", distance]
     # A prediction of no change moves no gene: no DEG called, no direction right.
     assert (means.loc["control", ["deg_overlap_top100", "direction_accuracy_top100"]] == 0).all()

@@ -29,8 +29,11 @@ rule evaluate:
     params:
         experiment_keys=experiment_keys,
         held_out=held_out_of,
-        # Seeds the cell subsampling and PCA of the distance metrics.
+        # Seeds the cell subsampling and PCA of the distance metrics, and the ceiling's halves.
         seed=lambda w: int(w.seed),
+        # A split with fewer than 2 × min_cells perturbed cells gets no ceiling.
+        min_cells=lambda w: dataset_spec(w)["min_cells"],
+        ceiling_draws=config["ceiling_draws"],
     script:
         "../../scripts/evaluate.py"
 

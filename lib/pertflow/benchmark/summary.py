@@ -18,7 +18,15 @@ import pandas as pd
 from scipy import stats
 
 from pertflow.errors import DataError
-from pertflow.benchmark.metrics import METRICS
+from pertflow.benchmark.metrics import (
+    CALIBRATED_COLUMNS,
+    CEILING_COLUMNS,
+    METRICS,
+    calibrate,
+    calibrated_column,
+    ceiling_column,
+    discrimination,
+)
 
 ID_COLUMNS = ["dataset", "model", "perturbation", "group", "seed"]
 # What a run holds out (a split); runs of different models pair on these and the seed.
@@ -30,16 +38,55 @@ ALL_GROUPS = "all groups"
 CONFIDENCE = 0.95
 
 
+def add_discrimination(rows: list[dict]) -> list[dict]:
+    """The rows with the discrimination across held-out groups (``metrics.discrimination``) from
+    their ``centroid_changes`` (which ``scripts/evaluate.py`` writes, dropped here): per model,
+    perturbation and seed, each held-out group's predicted change against every held-out group's
+    real one. Its ceiling and calibrated score compare, against the first draw's half B of every
+    group that has halves, the prediction (model), no change (`control`, 0) and half A (ceiling).
+    Rows without centroid changes (written by hand, or older) are returned as they are."""
+    rows = [dict(row) for row in rows]
+    together: dict[tuple, dict[str, dict]] = {}
+    for row in rows:
+        if row.get("centroid_changes") is not None:
+            key = (row["model"], str(row["perturbation"]), row["seed"])
+            together.setdefault(key, {})[str(row["group"])] = {
+                k: None if v is None else np.asarray(v, float)
+                for k, v in row["centroid_changes"].items()}
+    for row in rows:
+        changes = row.pop("centroid_changes", None)
+        if changes is None:
+            continue
+        groups = together[(row["model"], str(row["perturbation"]), row["seed"])]
+        group, own = str(row["group"]), groups[str(row["group"])]
+        row["discrimination"] = discrimination(
+            own["prediction"], {g: c["truth"] for g, c in groups.items()}, group)
+        halves = {g: c["half_b"] for g, c in groups.items() if c["half_b"] is not None}
+        ceiling, calibrated = np.nan, np.nan
+        if own["half_a"] is not None and len(halves) > 1:
+            ceiling = discrimination(own["half_a"], halves, group)
+            calibrated = calibrate(discrimination(own["prediction"], halves, group),
+                                   discrimination(np.zeros_like(own["half_a"]), halves, group),
+                                   ceiling, METRICS["discrimination"])
+        row[ceiling_column("discrimination")] = ceiling
+        row[calibrated_column("discrimination")] = calibrated
+    return rows
+
+
 def metrics_table(rows: list[dict]) -> pd.DataFrame:
-    """The tidy table: one row per run, identifiers, every metric of ``METRICS`` in order, then
-    cell counts; sorted by model, perturbation, group and seed."""
-    table = pd.DataFrame(rows)
+    """The tidy table: one row per run, identifiers, every metric of ``METRICS`` in order, cell
+    counts, then each metric's ceiling (``{metric}_ceiling``) and calibrated score
+    (``{metric}_calibrated``; NaN where a run has none); sorted by model, perturbation, group
+    and seed. The discrimination across held-out groups is computed here from the runs'
+    centroid changes (``add_discrimination``)."""
+    table = pd.DataFrame(add_discrimination(rows))
     columns = [*ID_COLUMNS, *METRICS, *COUNT_COLUMNS]
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise DataError(f"run metrics lack {missing}; delete the stale metrics.json files "
                         "(results/*/runs/*/*/*/metrics.json) so that they are scored again.")
-    return table[columns].sort_values(["model", *PAIR_COLUMNS]).reset_index(drop=True)
+    table = table.reindex(columns=[*columns, *CEILING_COLUMNS, *CALIBRATED_COLUMNS])
+    return table.sort_values(["model", *PAIR_COLUMNS]).reset_index(drop=True)
 
 
 def perturbations_of(table: pd.DataFrame) -> list[str]:
@@ -72,22 +119,45 @@ def mean_interval(values: pd.Series, confidence: float = CONFIDENCE) -> pd.Serie
     return pd.Series({"mean": mean, "ci_low": low, "ci_high": high, "n": n})
 
 
+# The columns summarise adds to each metric's mean and interval: the mean ceiling (the metric
+# between two halves of the real cells) and the calibrated score (0: `control`, 1: the ceiling)
+# with its interval, both over the runs that have a ceiling.
+CALIBRATION_SUMMARY = ["ceiling", "calibrated", "calibrated_ci_low", "calibrated_ci_high",
+                       "calibrated_n"]
+
+
 def summarise(table: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataFrame:
-    """Long table (model, perturbation, group, metric, mean, ci_low, ci_high, n): per model,
-    perturbation and held-out group over seeds, and per model and perturbation over every group
-    of that perturbation and seed (group ``ALL_GROUPS``; perturbations are never pooled). Sorted
-    by metric (as ``METRICS``), perturbation, group (``ALL_GROUPS`` last) and model."""
+    """Long table (model, perturbation, group, metric, mean, ci_low, ci_high, n, then
+    ``CALIBRATION_SUMMARY``): per model, perturbation and held-out group over seeds, and per
+    model and perturbation over every group of that perturbation and seed (group
+    ``ALL_GROUPS``; perturbations are never pooled). Sorted by metric (as ``METRICS``),
+    perturbation, group (``ALL_GROUPS`` last) and model. A table without ceiling or calibrated
+    columns (written before them) gets NaN there."""
     keys = ["model", *SPLIT_COLUMNS]
-    long = table.astype({"perturbation": str, "group": str}).melt(
-        id_vars=[*keys, "seed"], value_vars=list(METRICS), var_name="metric")
+    table = table.astype({"perturbation": str, "group": str})
+
+    def melted(columns: list[str], name: str) -> pd.Series:
+        values = table.reindex(columns=columns).set_axis(list(METRICS), axis=1)
+        return pd.concat([table[[*keys, "seed"]], values], axis=1).melt(
+            id_vars=[*keys, "seed"], value_vars=list(METRICS), var_name="metric")["value"] \
+            .rename(name)
+
+    long = table.melt(id_vars=[*keys, "seed"], value_vars=list(METRICS), var_name="metric")
+    long["ceiling"] = melted(CEILING_COLUMNS, "ceiling").to_numpy(float)
+    long["calibrated"] = melted(CALIBRATED_COLUMNS, "calibrated").to_numpy(float)
     pooled = long.assign(group=ALL_GROUPS)
     parts = []
     for part in (long, pooled):
-        described = (part.groupby([*keys, "metric"], sort=False)["value"]
-                     .apply(mean_interval, confidence=confidence).unstack())
+        grouped = part.groupby([*keys, "metric"], sort=False)
+        described = grouped["value"].apply(mean_interval, confidence=confidence).unstack()
+        calibrated = (grouped["calibrated"].apply(mean_interval, confidence=confidence)
+                      .unstack().rename(columns=lambda c: f"calibrated_{c}")
+                      .rename(columns={"calibrated_mean": "calibrated"}))
+        described = described.join(grouped["ceiling"].mean()).join(calibrated)
         parts.append(described.reset_index())
     summary = pd.concat(parts, ignore_index=True)
-    summary["n"] = summary["n"].astype(int)
+    summary = summary[[*keys, "metric", "mean", "ci_low", "ci_high", "n", *CALIBRATION_SUMMARY]]
+    summary[["n", "calibrated_n"]] = summary[["n", "calibrated_n"]].astype(int)
     summary["metric"] = pd.Categorical(summary["metric"], categories=list(METRICS), ordered=True)
     groups = [*sorted(long["group"].unique()), ALL_GROUPS]
     summary["group"] = pd.Categorical(summary["group"], categories=groups, ordered=True)

@@ -13,15 +13,19 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
+from pertflow.benchmark.metrics import VERDICT_METRICS, calibrated_column, ceiling_column
+from pertflow.benchmark.ranks import ALPHA, format_p, rank_test
 from pertflow.benchmark.summary import (
+    PAIR_COLUMNS,
     best,
     comparisons,
     format_number,
+    mean_interval,
     of_perturbation,
     perturbations_of,
     transfer_overview,
@@ -52,6 +56,37 @@ class RunnerUp:
 
 
 @dataclass(frozen=True)
+class Interval:
+    """A mean over runs with its 95% t-interval (NaN from a single run) and number of runs."""
+
+    mean: float
+    ci_low: float
+    ci_high: float
+    n: int
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A metric's calibrated scores (0: `control`, 1: the ceiling, the metric between two
+    random halves of the real perturbed cells), over the runs that have one."""
+
+    ceiling: float  # the mean ceiling over splits and seeds; NaN where none has one
+    winner: Interval | None  # None: no calibrated score
+    baseline: Interval | None  # the strongest baseline's; None: none or no calibrated score
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Rank statistics of one metric (``pertflow.benchmark.ranks``): Friedman's test over the
+    blocks (split and seed) and the best-ranked model against the next ones (Nemenyi)."""
+
+    n_blocks: int
+    friedman_p: float
+    mean_ranks: dict[str, float]  # best first
+    pairs: list[tuple[str, str, float]]  # (best, other, Nemenyi p)
+
+
+@dataclass(frozen=True)
 class MetricResult:
     """One metric: its winner over every split and seed, and the strongest baseline."""
 
@@ -66,6 +101,8 @@ class MetricResult:
     baseline_mean: float
     differences: dict[str, Difference | None]  # every model's, None without a baseline
     runner_up: RunnerUp | None  # where the winner is the strongest baseline and not alone
+    calibration: Calibration | None = None
+    ranking: Ranking | None = None  # None: fewer than three models or two complete blocks
 
 
 @dataclass(frozen=True)
@@ -150,13 +187,15 @@ def verdict_of(dataset: str, table: pd.DataFrame, baseline_names: list[str],
 def _section(table: pd.DataFrame, baseline_names: list[str], transfer: pd.DataFrame | None,
              perturbation: str | None) -> Section:
     compared = comparisons(table, baseline_names)
+    # The verdict's E-distance is the unbiased one (VERDICT_METRICS); e_distance stays in tables.
+    compared = compared[compared["metric"].isin(VERDICT_METRICS)]
     models = sorted(table["model"].unique())
     baselines = [m for m in models if m in baseline_names]
     learned = [_standing(compared, m) for m in models if m not in baselines] if baselines else []
     return Section(perturbation, len(table), len(models),
                    sorted(table["group"].astype(str).unique()), sorted(table["seed"].unique()),
                    baselines,
-                   [_metric_result(metric, rows.set_index("model"))
+                   [_with_ranks(_metric_result(metric, rows.set_index("model")), table)
                     for metric, rows in compared.groupby("metric", sort=False)],
                    learned, None if transfer is None else _transfer_choices(transfer))
 
@@ -166,7 +205,8 @@ def _difference(row: pd.Series) -> Difference | None:
     if row["best_baseline"] is None:
         return None
     return Difference(row["difference"], row["difference_ci_low"], row["difference_ci_high"],
-                      row["n_pairs"], row["beats_baseline"], row["interval_excludes_zero"])
+                      int(row["n_pairs"]), bool(row["beats_baseline"]),
+                      bool(row["interval_excludes_zero"]))
 
 
 def _metric_result(metric: str, rows: pd.DataFrame) -> MetricResult:
@@ -189,9 +229,37 @@ def _metric_result(metric: str, rows: pd.DataFrame) -> MetricResult:
                         {model: _difference(row) for model, row in rows.iterrows()}, runner_up)
 
 
+def _interval(values: pd.Series) -> Interval | None:
+    described = mean_interval(values)
+    if described["n"] == 0:
+        return None
+    return Interval(described["mean"], described["ci_low"], described["ci_high"],
+                    int(described["n"]))
+
+
+def _with_ranks(result: MetricResult, table: pd.DataFrame) -> MetricResult:
+    """``result`` with its calibrated scores (winner, strongest baseline, mean ceiling) and its
+    rank statistics, from the section's metrics ``table``."""
+    metric = result.metric
+    calibrated = table.get(calibrated_column(metric), pd.Series(np.nan, index=table.index))
+    ceilings = table.get(ceiling_column(metric), pd.Series(np.nan, index=table.index))
+    ceiling = pd.to_numeric(ceilings[~table.duplicated(PAIR_COLUMNS)]).mean()
+    of = table["model"]
+    calibration = Calibration(
+        ceiling, _interval(pd.to_numeric(calibrated[of == result.winner])),
+        None if result.baseline is None else
+        _interval(pd.to_numeric(calibrated[of == result.baseline])))
+    test = rank_test(table, metric, result.better)
+    ranking = None if test is None else Ranking(
+        test.n_blocks, test.friedman_p, test.mean_ranks.to_dict(), test.top_pairs())
+    return replace(result, calibration=calibration, ranking=ranking)
+
+
 def _standing(compared: pd.DataFrame, model: str) -> Standing:
     rows = compared[compared["model"] == model]
-    ahead = rows[rows["beats_baseline"].astype(bool)]
+    # A metric without a baseline (NaN here: comparisons leaves its row's difference out) is
+    # not one the model is ahead on.
+    ahead = rows[rows["beats_baseline"].eq(True)]
     return Standing(model, len(rows), ahead["metric"].tolist(),
                     int(ahead["interval_excludes_zero"].sum()))
 
@@ -267,10 +335,59 @@ def as_markdown(verdict: Verdict) -> str:
         f"\n**Warning (preprocessing):** {w}\n" for w in verdict.warnings)
 
 
+def fixed(value: float) -> str:
+    """A number a user reads, in fixed decimals: ``"0.62"``."""
+    return "n/a" if pd.isna(value) else f"{round(float(value), 12) + 0.0:.2f}"
+
+
+def interval_text(interval: Interval) -> str:
+    """``"0.62 [0.55, 0.69]"``, or ``"0.62 (one run)"``."""
+    if pd.isna(interval.ci_low):
+        return f"{fixed(interval.mean)} (one run)"
+    return f"{fixed(interval.mean)} [{fixed(interval.ci_low)}, {fixed(interval.ci_high)}]"
+
+
+NO_CEILING = ("no calibrated score: no run has a ceiling better than `control` (a split with "
+              "fewer than 2 × min_cells perturbed cells gets none; the evaluate logs say why)")
+
+
+def calibration_text(result: MetricResult, name=str) -> str:
+    """The calibrated scores of a metric's winner and strongest baseline in words; ``name``
+    formats a model's name."""
+    calibration = result.calibration
+    if calibration is None or (calibration.winner is None and calibration.baseline is None):
+        return NO_CEILING
+    parts = [f"{name(result.winner)} " + (interval_text(calibration.winner)
+                                           if calibration.winner else "none")]
+    if calibration.baseline is not None and result.baseline != result.winner:
+        parts.append(f"the strongest baseline, {name(result.baseline)}, "
+                     f"{interval_text(calibration.baseline)}")
+    ceiling = "" if pd.isna(calibration.ceiling) else \
+        f"; the ceiling itself is {fixed(calibration.ceiling)} on average"
+    return "calibrated (0 = control, 1 = ceiling): " + ", ".join(parts) + ceiling
+
+
+def ranking_text(result: MetricResult, name=str) -> str:
+    """The rank statistics of a metric in words: Friedman's p and whether the best-ranked model
+    is significantly ahead of the next ones (Nemenyi, 5%)."""
+    ranking = result.ranking
+    if ranking is None:
+        return ("ranks: no rank test (it needs three models and two blocks of split and seed "
+                "where every model has a value)")
+    pairs = "; ".join(
+        f"{name(a)} (mean rank {ranking.mean_ranks[a]:.2f}) against {name(b)} "
+        f"({ranking.mean_ranks[b]:.2f}): {'significant' if p < ALPHA else 'not significant'} "
+        f"(Nemenyi p {format_p(p)})" for a, b, p in ranking.pairs)
+    return (f"ranks over {ranking.n_blocks} blocks (split and seed): Friedman p "
+            f"{format_p(ranking.friedman_p)}; {pairs}")
+
+
 def _section_markdown(section: Section, level: str) -> list[str]:
     """A section's lines under headings of ``level`` ("##", "###")."""
     lines = [f"{level} Winner per metric", ""]
-    lines += [_winner_markdown(result) for result in section.metrics]
+    for result in section.metrics:
+        lines += [_winner_markdown(result), f"  - {calibration_text(result)}",
+                  f"  - {ranking_text(result)}"]
     if section.learned:
         lines += ["", f"{level} Models against the best baseline", ""]
         lines += [f"- **{s.model}** beats the best baseline on {len(s.ahead)} of {s.n_metrics} "
@@ -424,6 +541,29 @@ def _section_rst(section: Section, char: str) -> list[str]:
                      f"{result.groups_won} of {result.n_groups}", strongest, margin])
     lines += list_table(["metric", "winner: mean", "groups won", "strongest baseline: mean",
                          "winner − strongest baseline"], rows)
+
+    lines += heading("Calibrated scores and ranks", char)
+    lines += ["Each metric calibrated per run between the `control` prediction (0) and the "
+              "ceiling (1), the metric between two random halves of the real perturbed cells, "
+              "all scored against the same half (mean and 95% t-interval over the runs with a "
+              "ceiling); the models ranked per split and seed, Friedman's test, and the "
+              "best-ranked model against the next ones (Nemenyi's test, significant below "
+              f"{ALPHA:.2f}).", ""]
+    rows = []
+    for result in section.metrics:
+        calibration = result.calibration
+        has = calibration is not None and calibration.winner is not None
+        winner = f"{escape(result.winner)} {interval_text(calibration.winner)}" if has else \
+            "no ceiling"
+        baseline = "–"
+        if has and result.baseline is not None and calibration.baseline is not None:
+            baseline = f"{escape(result.baseline)} {interval_text(calibration.baseline)}"
+        ceiling = "–" if calibration is None or pd.isna(calibration.ceiling) else \
+            fixed(calibration.ceiling)
+        rows.append([f"{escape(result.metric)} {ARROWS[result.better]}", ceiling, winner,
+                     baseline, escape(ranking_text(result))])
+    lines += list_table(["metric", "ceiling", "winner: calibrated", "strongest baseline: "
+                         "calibrated", "ranks"], rows)
 
     lines += heading("Learned models against the strongest baseline", char)
     if not section.baselines:
