@@ -37,7 +37,8 @@ from pertflow.data.preprocess import preprocess, recover_counts
 from pertflow.simulate.experiment import simulate
 from pertflow.data.splits import split
 from pertflow.benchmark.summary import ALL_GROUPS, summarise
-from pertflow.benchmark.verdict import as_markdown, verdict_of
+from pertflow.benchmark.verdict import verdict_of
+from pertflow.benchmark.verdict_text import as_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "kang2018_scgen_valid.h5ad"

@@ -9,7 +9,8 @@ from pathlib import Path
 import pandas as pd
 
 from pertflow.benchmark.summary import summarise
-from pertflow.benchmark.verdict import as_markdown, as_rst, verdict_of
+from pertflow.benchmark.verdict import verdict_of
+from pertflow.benchmark.verdict_text import as_markdown, as_rst
 from pertflow.errors import DataError
 from pertflow.logs import log_to
 from pertflow.utils import atomic_path

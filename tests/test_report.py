@@ -25,7 +25,8 @@ import yaml
 from conftest import ROOT
 from pertflow.benchmark.metrics import METRICS, VERDICT_METRICS
 from pertflow.benchmark.summary import comparisons
-from pertflow.benchmark.verdict import difference_cell, verdict_of
+from pertflow.benchmark.verdict import verdict_of
+from pertflow.benchmark.verdict_text import difference_cell
 
 pytestmark = pytest.mark.workflow
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--cores", "1"]

@@ -9,7 +9,7 @@ from docutils.core import publish_parts
 from scipy import stats
 
 from conftest import ROOT, SIM_KEYS
-from pertflow.benchmark import summary, verdict
+from pertflow.benchmark import summary, verdict, verdict_text
 from pertflow.config import baseline_models
 from pertflow.errors import DataError
 from pertflow.benchmark.metrics import (
@@ -43,12 +43,12 @@ def make_rows(values: dict[str, list[float]], groups=("A", "B"), seeds=(0, 1),
 
 def md_of(*args) -> str:
     """summary.md of (dataset, table, baselines[, transfer])."""
-    return verdict.as_markdown(verdict.verdict_of(*args))
+    return verdict_text.as_markdown(verdict.verdict_of(*args))
 
 
 def rst_of(*args) -> str:
     """verdict.rst of (dataset, table, baselines[, transfer])."""
-    return verdict.as_rst(verdict.verdict_of(*args))
+    return verdict_text.as_rst(verdict.verdict_of(*args))
 
 
 def make_table(values: dict[str, list[float]], groups=("A", "B"), seeds=(0, 1)) -> pd.DataFrame:
@@ -340,11 +340,11 @@ def test_preprocessing_warnings_follow_the_verdict_once_in_each_format():
     table = make_table({"control": [0, 0, 0, 0], "new": [2, 2.5, 2, 3]})
     plain = verdict.verdict_of("d", table, ["control"])
     warned = verdict.verdict_of("d", table, ["control"], warnings=["rule *a_* matched no gene"])
-    text = verdict.as_markdown(warned)
-    assert text == verdict.as_markdown(plain) + \
+    text = verdict_text.as_markdown(warned)
+    assert text == verdict_text.as_markdown(plain) + \
         "\n**Warning (preprocessing):** rule *a_* matched no gene\n"
-    rst = verdict.as_rst(warned)
-    assert rst == verdict.as_rst(plain) + \
+    rst = verdict_text.as_rst(warned)
+    assert rst == verdict_text.as_rst(plain) + \
         "\n.. warning:: Preprocessing: rule \\*a\\_\\* matched no gene\n"
     assert "rule *a_* matched no gene" in rendered(rst)
 
